@@ -1,0 +1,137 @@
+"""Canonical events: hftbacktest's ``event_dtype`` arrays.
+
+Readers produce *raw* events (type and side flags, exchange and local timestamps in ns, price,
+quantity) in file order. :func:`finalize_events` then applies hftbacktest's own latency and
+ordering corrections, which add the ``EXCH_EVENT`` / ``LOCAL_EVENT`` flags, so the same array
+feeds both the grid and the backtest.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from hftbacktest.data.validation import (
+    correct_event_order,
+    correct_local_timestamp,
+    validate_event_order,
+)
+from hftbacktest.types import (
+    BUY_EVENT,
+    DEPTH_CLEAR_EVENT,
+    DEPTH_EVENT,
+    DEPTH_SNAPSHOT_EVENT,
+    EXCH_EVENT,
+    LOCAL_EVENT,
+    SELL_EVENT,
+    TRADE_EVENT,
+    event_dtype,
+)
+
+from cmm.errors import InputError
+
+__all__ = [
+    "BUY_EVENT", "SELL_EVENT", "DEPTH_EVENT", "TRADE_EVENT", "DEPTH_CLEAR_EVENT",
+    "DEPTH_SNAPSHOT_EVENT", "EXCH_EVENT", "LOCAL_EVENT", "event_dtype", "EVENT_TYPE_MASK",
+    "ReadReport", "finalize_events", "check_raw_events", "quietly",
+]
+
+EVENT_TYPE_MASK = 0xFF  # low byte of `ev` holds the event kind; high bits are flags
+
+
+@dataclass
+class ReadReport:
+    """What a reader saw in one file: counts, sequence gaps and repairs, for the user to audit."""
+
+    file: str
+    format: str
+    lines: int = 0
+    events: int = 0
+    messages: dict[str, int] = field(default_factory=dict)
+    gaps: list[dict] = field(default_factory=list)  # {"line", "expected", "got"}
+    repairs: dict[str, int] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    has_snapshot: bool = False
+    first_local_ts: int | None = None
+    last_local_ts: int | None = None
+    timestamp_unit: str | None = None  # as detected in the file ("us", "ns", "ms", "s")
+
+    def count(self, kind: str, n: int = 1) -> None:
+        self.messages[kind] = self.messages.get(kind, 0) + n
+
+    def repair(self, kind: str, n: int = 1) -> None:
+        self.repairs[kind] = self.repairs.get(kind, 0) + n
+
+    def to_dict(self) -> dict:
+        return {
+            "file": self.file, "format": self.format, "lines": self.lines, "events": self.events,
+            "messages": dict(self.messages), "gaps": list(self.gaps[:100]),
+            "gap_count": len(self.gaps), "repairs": dict(self.repairs),
+            "warnings": list(self.warnings), "has_snapshot": self.has_snapshot,
+            "first_local_ts": self.first_local_ts, "last_local_ts": self.last_local_ts,
+            "timestamp_unit": self.timestamp_unit,
+        }
+
+
+class quietly:
+    """hftbacktest's converters print progress to stdout; keep our CLI output clean."""
+
+    def __enter__(self):
+        import contextlib
+        import io
+
+        self._ctx = contextlib.redirect_stdout(io.StringIO())
+        return self._ctx.__enter__()
+
+    def __exit__(self, *exc):
+        return self._ctx.__exit__(*exc)
+
+
+def check_raw_events(events: np.ndarray, file: str | Path) -> None:
+    """Reject values no market can produce, naming the record: NaN or non-positive prices,
+    NaN or negative quantities, trades of zero size, local timestamps going backwards."""
+    if events.dtype != event_dtype:
+        raise InputError("array is not an hftbacktest event array", file=file, field="dtype",
+                         expected=str(event_dtype), got=str(events.dtype))
+    if len(events) == 0:
+        return
+    kind = events["ev"] & EVENT_TYPE_MASK
+    px, qty = events["px"], events["qty"]
+    priced = (kind == DEPTH_EVENT) | (kind == TRADE_EVENT) | (kind == DEPTH_SNAPSHOT_EVENT)
+    checks = [
+        (priced & ~(px > 0), "px", "a finite price > 0"),
+        (priced & ~(qty >= 0), "qty", "a finite quantity >= 0"),
+        ((kind == TRADE_EVENT) & ~(qty > 0), "qty", "a trade quantity > 0"),
+        (~np.isfinite(px) & priced, "px", "a finite price"),
+        (~np.isfinite(qty) & priced, "qty", "a finite quantity"),
+    ]
+    for bad, name, expected in checks:
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise InputError("invalid value", file=file, record=i, field=name,
+                             expected=expected, got=float(events[name][i]))
+    back = np.diff(events["local_ts"]) < 0
+    if back.any():
+        i = int(np.argmax(back)) + 1
+        raise InputError("timestamp goes backwards", file=file, record=i, field="local_ts",
+                         expected=f">= {int(events['local_ts'][i - 1])}",
+                         got=int(events["local_ts"][i]))
+
+
+def finalize_events(raw: np.ndarray, base_latency_ns: int = 0) -> np.ndarray:
+    """Apply hftbacktest's corrections: non-negative feed latency, then events duplicated and
+    ordered so that exchange-side and local-side views are each monotone; flags EXCH/LOCAL set.
+    """
+    if len(raw) == 0:
+        return raw.copy()
+    data = raw.copy()
+    with quietly():
+        data = correct_local_timestamp(data, base_latency_ns)
+        data = correct_event_order(
+            data,
+            np.argsort(data["exch_ts"], kind="mergesort"),
+            np.argsort(data["local_ts"], kind="mergesort"),
+        )
+        validate_event_order(data)
+    return data

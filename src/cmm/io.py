@@ -1,0 +1,112 @@
+"""Where files live, and how they are written: atomically, and cached by content hash."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+PROJECT_ROOT_MARKER = "pyproject.toml"
+
+
+def default_data_dir() -> Path:
+    """The raw-data folder: ``CMM_DATA_DIR``, else ``../shared/data`` seen from the project root
+    or the working directory when it exists, else a user cache folder."""
+    env = os.environ.get("CMM_DATA_DIR")
+    if env:
+        return Path(env).expanduser().resolve()
+    here = Path(__file__).resolve()
+    candidates = [Path.cwd() / ".." / "shared" / "data"]
+    for parent in here.parents:
+        if (parent / PROJECT_ROOT_MARKER).exists():
+            candidates.insert(0, parent / ".." / "shared" / "data")
+            break
+    for candidate in candidates:
+        if candidate.is_dir():
+            return candidate.resolve()
+    return user_cache_dir() / "data"
+
+
+def user_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "cmm"
+
+
+def default_cache_dir() -> Path:
+    """Derived artefacts (prepared datasets, converted weights): ``CMM_CACHE_DIR`` or
+    ``~/.cache/cmm``."""
+    env = os.environ.get("CMM_CACHE_DIR")
+    return Path(env).expanduser().resolve() if env else user_cache_dir()
+
+
+@contextlib.contextmanager
+def atomic_path(target: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``target``; on success rename it over ``target``.
+
+    On any exception the temporary file is removed, so a reader never sees half a file.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, target)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+@contextlib.contextmanager
+def atomic_dir(target: str | Path) -> Iterator[Path]:
+    """Yield a temporary folder beside ``target``; on success it replaces ``target`` whole."""
+    import shutil
+
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        yield tmp
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+
+
+def _json_default(obj: Any) -> Any:
+    import numpy as np
+
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON-serialisable: {type(obj).__name__}")
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def stable_hash(obj: Any, length: int = 16) -> str:
+    """Hash of a JSON-able object, independent of key order: the cache key of an artefact."""
+    text = json.dumps(obj, sort_keys=True, default=_json_default, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
