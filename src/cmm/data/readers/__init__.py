@@ -8,6 +8,7 @@ Errors are :class:`cmm.errors.InputError` naming the file, the line or record an
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,6 +21,8 @@ from cmm.errors import UnknownNameError
 Reader = Callable[[Path, Instrument], tuple[np.ndarray, ReadReport]]
 
 _READERS: dict[str, Reader] = {}
+_BUILTIN = {"binance": "binance", "bitstamp-log": "bitstamp", "order-csv": "ordercsv",
+            "lobster": "lobster", "hftbacktest-npz": "npz"}
 
 
 def register_reader(name: str) -> Callable[[Reader], Reader]:
@@ -31,17 +34,13 @@ def register_reader(name: str) -> Callable[[Reader], Reader]:
 
 
 def get_reader(name: str) -> Reader:
-    _load_builtin_readers()
+    if name not in _READERS and name in _BUILTIN:
+        # Imported on first use, so reading one format never pays for the others' imports.
+        importlib.import_module(f"cmm.data.readers.{_BUILTIN[name]}")
     if name not in _READERS:
-        raise UnknownNameError("data format", name, list(_READERS))
+        raise UnknownNameError("data format", name, sorted(set(_READERS) | set(_BUILTIN)))
     return _READERS[name]
 
 
 def reader_names() -> list[str]:
-    _load_builtin_readers()
-    return sorted(_READERS)
-
-
-def _load_builtin_readers() -> None:
-    # Imported lazily so that a broken optional reader never blocks the others.
-    from cmm.data.readers import binance, bitstamp, lobster, npz, ordercsv  # noqa: F401
+    return sorted(set(_READERS) | set(_BUILTIN))

@@ -1,0 +1,127 @@
+"""Per-step features, targets, volatility regimes and chronological splits (method.md, Data).
+
+Everything here is a pure function of the step arrays; each value at step ``t`` depends only on
+steps ``<= t`` (features, sigma) or ``<= t + H`` (targets), which the no-look-ahead test checks.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from cmm.config import FeatureConfig, SplitConfig
+
+SPLITS = ("train", "validation", "test")
+TARGET_NAMES = ("mid", "spread", "volume")
+
+
+def feature_names(levels: int) -> list[str]:
+    return (
+        ["mid_ret_bps", "spread_ticks"]
+        + [f"log_bid_sz_{i}" for i in range(levels)]
+        + [f"log_ask_sz_{i}" for i in range(levels)]
+        + ["depth_imbalance", "ofi", "signed_volume", "total_volume", "realised_vol"]
+    )
+
+
+def _trailing_std(x: np.ndarray, window: int, min_periods: int) -> np.ndarray:
+    """Std (ddof=0) over the last ``window`` values including the current one; NaN before
+    ``min_periods`` values exist. Cumulative sums keep it O(n)."""
+    n = len(x)
+    c1 = np.concatenate([[0.0], np.cumsum(x)])
+    c2 = np.concatenate([[0.0], np.cumsum(x * x)])
+    idx = np.arange(1, n + 1)
+    lo = np.maximum(idx - window, 0)
+    cnt = idx - lo
+    mean = (c1[idx] - c1[lo]) / cnt
+    var = np.maximum((c2[idx] - c2[lo]) / cnt - mean * mean, 0.0)
+    out = np.sqrt(var)
+    out[cnt < min_periods] = np.nan
+    return out
+
+
+def mid_and_spread(steps: dict[str, np.ndarray], tick_size: float) -> tuple[np.ndarray, np.ndarray]:
+    bid, ask = steps["bid_px"][:, 0], steps["ask_px"][:, 0]
+    return (bid + ask) / 2.0, (ask - bid) / tick_size
+
+
+def step_features(steps: dict[str, np.ndarray], tick_size: float, cfg: FeatureConfig) -> np.ndarray:
+    """(n_steps, 2L + 7) float64 features of one session's valid, contiguous steps."""
+    mid, spread = mid_and_spread(steps, tick_size)
+    log_mid = np.log(mid)
+    ret = np.zeros_like(mid)
+    ret[1:] = 1e4 * np.diff(log_mid)
+    bid_sz, ask_sz = steps["bid_sz"], steps["ask_sz"]
+    depth_b, depth_a = bid_sz.sum(axis=1), ask_sz.sum(axis=1)
+    imbalance = (depth_b - depth_a) / np.maximum(depth_b + depth_a, 1e-12)
+    # Order-flow imbalance at the touch (Cont, Kukanov & Stoikov 2014).
+    bp, bq = steps["bid_px"][:, 0], bid_sz[:, 0]
+    ap, aq = steps["ask_px"][:, 0], ask_sz[:, 0]
+    ofi = np.zeros_like(mid)
+    ofi[1:] = ((bp[1:] >= bp[:-1]) * bq[1:] - (bp[1:] <= bp[:-1]) * bq[:-1]
+               - (ap[1:] <= ap[:-1]) * aq[1:] + (ap[1:] >= ap[:-1]) * aq[:-1])
+    buy, sell = steps["buy_vol"], steps["sell_vol"]
+    signed = buy - sell
+    return np.column_stack([
+        ret,
+        spread,
+        np.log1p(bid_sz),
+        np.log1p(ask_sz),
+        imbalance,
+        np.sign(ofi) * np.log1p(np.abs(ofi)),
+        np.sign(signed) * np.log1p(np.abs(signed)),
+        np.log1p(buy + sell),
+        np.nan_to_num(_trailing_std(ret, cfg.rv_window, 2)),
+    ])
+
+
+def sigma(mid: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
+    """Trailing realised volatility: std of 1-step mid log-returns over the last V steps."""
+    r = np.zeros_like(mid)
+    r[1:] = np.diff(np.log(mid))
+    return _trailing_std(r, cfg.vol_window, cfg.vol_min_periods)
+
+
+def targets(mid: np.ndarray, spread: np.ndarray, volume: np.ndarray, t: np.ndarray,
+            horizon: int) -> np.ndarray:
+    """(len(t), 3): future mid return (bps), mean spread over (t, t+H] (ticks), log1p of traded
+    base volume over (t, t+H]. Requires ``t + H < len(mid)``."""
+    c_spread = np.concatenate([[0.0], np.cumsum(spread)])
+    c_vol = np.concatenate([[0.0], np.cumsum(volume)])
+    y_mid = 1e4 * (mid[t + horizon] - mid[t]) / mid[t]
+    y_spread = (c_spread[t + horizon + 1] - c_spread[t + 1]) / horizon
+    y_volume = np.log1p(c_vol[t + horizon + 1] - c_vol[t + 1])
+    return np.column_stack([y_mid, y_spread, y_volume])
+
+
+def regime_thresholds(sigma_train: np.ndarray) -> tuple[float, float]:
+    """1/3 and 2/3 quantiles of sigma on the training split only."""
+    s = sigma_train[np.isfinite(sigma_train)]
+    if len(s) == 0:
+        raise ValueError("no training samples with a defined volatility")
+    lo, hi = np.quantile(s, [1 / 3, 2 / 3])
+    return float(lo), float(hi)
+
+
+def assign_regimes(sig: np.ndarray, thresholds: tuple[float, float]) -> np.ndarray:
+    lo, hi = thresholds
+    return ((sig > lo).astype(np.int8) + (sig > hi).astype(np.int8)).astype(np.int8)
+
+
+def chronological_splits(global_step: np.ndarray, cfg: SplitConfig, purge: int) -> np.ndarray:
+    """Split label per sample (0 train, 1 validation, 2 test, -1 purged) from the samples'
+    position on the joined step timeline. Boundaries fall at the train and train+validation
+    fractions of the samples; the first ``purge`` steps after each boundary are dropped."""
+    n = len(global_step)
+    order = np.argsort(global_step, kind="stable")
+    g = global_step[order]
+    total = cfg.train + cfg.validation + cfg.test
+    b1 = int(np.floor(n * cfg.train / total))
+    b2 = int(np.floor(n * (cfg.train + cfg.validation) / total))
+    labels = np.full(n, -1, np.int8)
+    cut1 = g[b1] if b1 < n else np.inf
+    cut2 = g[b2] if b2 < n else np.inf
+    lab = np.where(g < cut1, 0, np.where(g < cut2, 1, 2)).astype(np.int8)
+    lab[(lab == 1) & (g < cut1 + purge)] = -1
+    lab[(lab == 2) & (g < cut2 + purge)] = -1
+    labels[order] = lab
+    return labels
