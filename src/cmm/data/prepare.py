@@ -21,7 +21,13 @@ import polars as pl
 
 from cmm.config import DataConfig
 from cmm.data import features as F
-from cmm.data.events import DEPTH_SNAPSHOT_EVENT, EVENT_TYPE_MASK, LOCAL_EVENT, TRADE_EVENT, finalize_events
+from cmm.data.events import (
+    DEPTH_SNAPSHOT_EVENT,
+    EVENT_TYPE_MASK,
+    LOCAL_EVENT,
+    TRADE_EVENT,
+    finalize_events,
+)
 from cmm.data.grid import build_snapshots
 from cmm.data.readers import get_reader
 from cmm.data.spec import DatasetSpec, load_dataset_spec
@@ -135,9 +141,12 @@ def build_session(events: np.ndarray, inst, config: DataConfig) -> SessionArrays
     # The book is known from the first snapshot on; without one, from the first full book.
     snap_ts = local["local_ts"][kind == DEPTH_SNAPSHOT_EVENT]
     first_ts = int(snap_ts[0]) if len(snap_ts) else int(local["local_ts"][0])
-    trades = local["px"][kind == TRADE_EVENT]
-    ref = float(np.median(trades)) if len(trades) >= 10 else float(np.median(local["px"][local["px"] > 0]))
     start = (first_ts // dt_ns + 1) * dt_ns
+    # Centre of the book's price band, from what is known at the first step only (a band set
+    # from later prices would let the future decide which levels the past sees).
+    priced = (local["px"] > 0) & (local["qty"] > 0) & (kind != TRADE_EVENT)
+    known = local["px"][priced & (local["local_ts"] <= start)]
+    ref = float(np.median(known if len(known) else local["px"][priced][:100]))
     n_steps = int((int(local["local_ts"][-1]) - start) // dt_ns) + 1
     if n_steps <= 0:
         return None

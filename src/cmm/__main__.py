@@ -1,0 +1,3 @@
+from cmm.cli import main
+
+main()
