@@ -99,3 +99,15 @@ def test_missing_levels_are_nan():
     r = build([(DEPTH_SNAPSHOT_EVENT, BUY_EVENT, 10 * MS, 99.5, 2.0)], n_steps=1)
     assert r["bid_px"][0, 0] == 99.5 and np.isnan(r["bid_px"][0, 1])
     assert np.isnan(r["ask_px"][0]).all() and (r["ask_sz"][0] == 0).all()
+
+
+def test_locked_update_removes_the_stale_level():
+    """A bid at the best ask price would lock the book: the ask level there is stale."""
+    r = build([
+        (DEPTH_SNAPSHOT_EVENT, BUY_EVENT, 10 * MS, 99.5, 2.0),
+        (DEPTH_SNAPSHOT_EVENT, SELL_EVENT, 10 * MS, 100.0, 1.0),
+        (DEPTH_SNAPSHOT_EVENT, SELL_EVENT, 10 * MS, 100.5, 1.0),
+        (DEPTH_EVENT, BUY_EVENT, 20 * MS, 100.0, 3.0),
+    ], n_steps=1)
+    assert r["bid_px"][0, 0] == 100.0 and r["ask_px"][0, 0] == 100.5
+    assert r["crossed_repairs"] == 1
