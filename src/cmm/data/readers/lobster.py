@@ -1,0 +1,362 @@
+"""Format E: LOBSTER (lobsterdata.com) message + order-book files.
+
+The path given is the message file ``TICKER_YYYY-MM-DD_<start>_<end>_message_N.csv``; its order
+book is the sibling file with ``_orderbook_`` in place of ``_message_`` (both may be gzip/xz
+compressed). Neither has a header. Row ``k`` of the book is the state *after* message ``k``.
+
+* Message columns: ``time`` (seconds after midnight, decimal, up to ns), ``type`` (1 submission,
+  2 partial cancellation, 3 deletion, 4 visible execution, 5 hidden execution, 6 cross trade,
+  7 trading halt), ``order_id``, ``size``, ``price`` (dollars x 10000), ``direction`` (1 buy,
+  -1 sell limit order). Extra columns are ignored.
+* Book columns: ``ask_price_i, ask_size_i, bid_price_i, bid_size_i`` for levels i = 1..N; N is
+  detected from the column count (4N). Empty levels carry the dummy prices 9999999999 (ask) and
+  -9999999999 (bid) and mean "no level".
+
+Time: LOBSTER times are wall-clock seconds after midnight at the exchange (New York). The date
+comes from the file name; ``date + seconds`` is read as America/New_York local time (zoneinfo, so
+daylight saving time is honoured) and converted to UTC epoch nanoseconds. LOBSTER has a single
+clock, so ``exch_ts = local_ts``.
+
+Events:
+
+* The first book row seeds the book: per side a ``DEPTH_CLEAR_EVENT`` (price: the worst visible
+  level, hftbacktest's convention) and ``DEPTH_SNAPSHOT_EVENT`` rows.
+* Every later row is diffed against the reconstructed book and emits ``DEPTH_EVENT`` rows with the
+  new total size of each changed level. Only the N visible levels are known: inside the visible
+  range (bids at or above the worst visible bid, asks at or below the worst visible ask; the
+  whole side when fewer than N levels are visible) the book is made equal to the row, so a level
+  that vanished there is deleted (size 0). A level that merely scrolled out of view because
+  another level was inserted in front of it is *not* deleted: it keeps its last known size
+  until it is seen again.
+* Types 4 and 5 are trades. ``direction`` is the side of the *resting* order, so -1 (a sell limit
+  order executed) is a buyer-initiated trade (``TRADE_EVENT | BUY_EVENT``) and 1 a seller-initiated
+  one. The trade is emitted before the depth change it caused. Type 6 (cross/auction trades,
+  no aggressor) and type 7 (halts) are counted and reported, not emitted.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import re
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import numpy as np
+
+from cmm.config import Instrument
+from cmm.data.events import (
+    BUY_EVENT,
+    DEPTH_CLEAR_EVENT,
+    DEPTH_EVENT,
+    DEPTH_SNAPSHOT_EVENT,
+    SELL_EVENT,
+    TRADE_EVENT,
+    ReadReport,
+    check_raw_events,
+    event_dtype,
+)
+from cmm.data.readers import register_reader
+from cmm.data.readers.bitstamp import finish_report, price_ticks
+from cmm.data.readers.compressed import read_bytes
+from cmm.errors import InputError
+
+__all__ = ["read_lobster", "orderbook_path", "session_date", "wall_to_utc_ns", "MESSAGE_COLUMNS",
+           "DUMMY_ASK", "DUMMY_BID", "EXCHANGE_TZ"]
+
+EXCHANGE_TZ = "America/New_York"
+PRICE_SCALE = 10_000
+DUMMY_ASK = 9_999_999_999
+DUMMY_BID = -9_999_999_999
+MESSAGE_COLUMNS = ("time", "type", "order_id", "size", "price", "direction")
+TYPE_NAMES = {1: "submission", 2: "partial_cancellation", 3: "deletion",
+              4: "execution_visible", 5: "execution_hidden", 6: "cross_trade", 7: "halt"}
+_DATE = re.compile(r"^[^_]+_(\d{4}-\d{2}-\d{2})_")
+_LEVELS = re.compile(r"_message_(\d+)")
+
+
+def orderbook_path(message_path: Path) -> Path:
+    """The order-book sibling of a LOBSTER message file."""
+    name = message_path.name
+    i = name.rfind("_message_")
+    if i < 0:
+        raise InputError("not a LOBSTER message file name", file=message_path,
+                         expected="TICKER_YYYY-MM-DD_<start>_<end>_message_N.csv", got=name)
+    return message_path.with_name(name[:i] + "_orderbook_" + name[i + len("_message_"):])
+
+
+def session_date(path: Path) -> dt.date:
+    """The trading day named in a LOBSTER file name (``TICKER_YYYY-MM-DD_...``)."""
+    m = _DATE.match(path.name)
+    if not m:
+        raise InputError("no date in the LOBSTER file name", file=path,
+                         expected="TICKER_YYYY-MM-DD_...", got=path.name)
+    try:
+        return dt.date.fromisoformat(m.group(1))
+    except ValueError:
+        raise InputError("invalid date in the LOBSTER file name", file=path,
+                         expected="a valid YYYY-MM-DD", got=m.group(1)) from None
+
+
+def wall_to_utc_ns(day: dt.date, tz: ZoneInfo):
+    """A function from ns after local midnight (wall clock in ``tz``) to UTC epoch ns."""
+    epoch_day_ns = (day - dt.date(1970, 1, 1)).days * 86_400 * 10**9
+
+    def offset_ns(sec: int) -> int:
+        wall = dt.datetime.combine(day, dt.time()) + dt.timedelta(seconds=sec)
+        off = wall.replace(tzinfo=tz).utcoffset()
+        return int(off.total_seconds()) * 10**9
+
+    start, noon, end = offset_ns(0), offset_ns(12 * 3600), offset_ns(86_399)
+    if start == noon == end:
+        return lambda ns: epoch_day_ns + ns - start
+    return lambda ns: epoch_day_ns + ns - offset_ns(ns // 10**9)
+
+
+def _seconds_to_ns(text: str, *, file, line) -> int:
+    """Decimal seconds after midnight as integer ns, exactly (rounded past the 9th decimal)."""
+    s = text.strip()
+    whole, _, frac = s.partition(".")
+    if whole.isdigit() and (frac == "" or frac.isdigit()):
+        ns = int(whole) * 10**9
+        if len(frac) <= 9:
+            return ns + int(frac.ljust(9, "0"))
+        return ns + round(int(frac) / 10 ** (len(frac) - 9))
+    try:
+        value = float(s)
+    except ValueError:
+        value = float("nan")
+    if not (0 <= value < 10**6):
+        raise InputError("invalid time", file=file, line=line, field="time",
+                         expected="seconds after midnight >= 0", got=text)
+    return round(value * 1e9)
+
+
+def _int_field(text: str, *, file, line, field: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        try:
+            f = float(text)
+        except ValueError:
+            f = float("nan")
+        if f == f and f.is_integer():
+            return int(f)
+        raise InputError("not an integer", file=file, line=line, field=field,
+                         got=text) from None
+
+
+def _book_column(j: int) -> str:
+    level, k = divmod(j, 4)
+    return f"{('ask_price', 'ask_size', 'bid_price', 'bid_size')[k]}_{level + 1}"
+
+
+def _read_book(path: Path, text: bytes) -> np.ndarray:
+    """The order-book file as an int64 array (rows, 4N), errors naming line and column."""
+    lines = [ln for ln in text.split(b"\n")]
+    while lines and not lines[-1].strip():
+        lines.pop()
+    try:
+        arr = np.loadtxt(io.BytesIO(b"\n".join(lines)), delimiter=",", dtype=np.int64, ndmin=2)
+    except ValueError:
+        arr = None
+    if arr is not None:
+        if arr.shape[1] % 4:
+            raise InputError("order book column count is not a multiple of 4", file=path,
+                             line=1, expected="4N columns (ask price, ask size, bid price, "
+                             "bid size per level)", got=arr.shape[1])
+        return arr
+    width = None
+    out = []
+    for lineno, raw in enumerate(lines, start=1):
+        cells = raw.decode("utf-8", "replace").strip().split(",")
+        if width is None:
+            width = len(cells)
+            if width % 4:
+                raise InputError("order book column count is not a multiple of 4", file=path,
+                                 line=lineno, expected="4N columns", got=width)
+        if len(cells) != width:
+            raise InputError("wrong number of columns", file=path, line=lineno,
+                             expected=f"{width} columns", got=len(cells))
+        out.append([_int_field(c, file=path, line=lineno, field=_book_column(j))
+                    for j, c in enumerate(cells)])
+    return np.asarray(out, dtype=np.int64)
+
+
+@register_reader("lobster")
+def read_lobster(path: Path, instrument: Instrument) -> tuple[np.ndarray, ReadReport]:
+    """Read a LOBSTER message file and its order-book sibling into raw events."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("file not found", file=path)
+    book_path = orderbook_path(path)
+    day = session_date(path)
+    if not book_path.is_file():
+        raise InputError(f"order book file not found: {book_path}", file=path,
+                         expected=f"the sibling file {book_path.name}")
+    to_utc = wall_to_utc_ns(day, ZoneInfo(EXCHANGE_TZ))
+    report = ReadReport(file=str(path), format="lobster", timestamp_unit="s")
+    tick = instrument.tick_size
+
+    # -- messages -------------------------------------------------------------------------------
+    msg_lines = read_bytes(path).split(b"\n")
+    while msg_lines and not msg_lines[-1].strip():
+        msg_lines.pop()
+    n_msg = len(msg_lines)
+    times = np.empty(n_msg, np.int64)
+    mtype = np.empty(n_msg, np.int64)
+    msize = np.empty(n_msg, np.int64)
+    mprice = np.empty(n_msg, np.int64)
+    mdir = np.empty(n_msg, np.int64)
+    prev_ns = None
+    prev_text = ""
+    for i, raw in enumerate(msg_lines):
+        lineno = i + 1
+        cells = raw.decode("utf-8", "replace").strip().split(",")
+        if len(cells) < len(MESSAGE_COLUMNS):
+            raise InputError("too few columns", file=path, line=lineno,
+                             expected=f"{len(MESSAGE_COLUMNS)} columns "
+                             f"({', '.join(MESSAGE_COLUMNS)})", got=len(cells))
+        ns = _seconds_to_ns(cells[0], file=path, line=lineno)
+        if prev_ns is not None and ns < prev_ns:
+            raise InputError(f"time goes backwards (line {lineno - 1} has {prev_text})",
+                             file=path, line=lineno, field="time",
+                             expected=f">= {prev_text}", got=cells[0])
+        prev_ns, prev_text = ns, cells[0]
+        kind = _int_field(cells[1], file=path, line=lineno, field="type")
+        if kind not in TYPE_NAMES:
+            raise InputError("unknown message type", file=path, line=lineno, field="type",
+                             expected="an integer 1..7", got=cells[1])
+        size = _int_field(cells[3], file=path, line=lineno, field="size")
+        price = _int_field(cells[4], file=path, line=lineno, field="price")
+        direction = _int_field(cells[5], file=path, line=lineno, field="direction")
+        if kind != 7:
+            if size <= 0:
+                raise InputError("invalid size", file=path, line=lineno, field="size",
+                                 expected="a size > 0", got=cells[3])
+            if price <= 0:
+                raise InputError("invalid price", file=path, line=lineno, field="price",
+                                 expected="a price > 0 (dollars x 10000)", got=cells[4])
+            if direction not in (1, -1):
+                raise InputError("invalid direction", file=path, line=lineno,
+                                 field="direction", expected="1 (buy) or -1 (sell)",
+                                 got=cells[5])
+        times[i], mtype[i], msize[i], mprice[i], mdir[i] = ns, kind, size, price, direction
+        report.count(TYPE_NAMES[kind])
+    report.lines = n_msg
+
+    # -- order book -----------------------------------------------------------------------------
+    book = _read_book(book_path, read_bytes(book_path))
+    if len(book) != n_msg:
+        raise InputError(f"message file has {n_msg} rows but order book file {book_path} has "
+                         f"{len(book)}", file=path, expected="one order-book row per message",
+                         got=len(book))
+    n_levels = book.shape[1] // 4
+    m = _LEVELS.search(path.name)
+    if m and int(m.group(1)) != n_levels:
+        report.warnings.append(f"file name says {m.group(1)} levels, the order book has "
+                               f"{n_levels}")
+    ask_px, ask_sz = book[:, 0::4], book[:, 1::4]
+    bid_px, bid_sz = book[:, 2::4], book[:, 3::4]
+    _validate_book(book_path, ask_px, ask_sz, bid_px, bid_sz)
+
+    # -- events -------------------------------------------------------------------------------
+    ts_all = np.array([to_utc(int(t)) for t in times], np.int64)
+    px_cache: dict[int, float] = {}
+    digits = max(0, -int(np.floor(np.log10(tick)))) + 4
+
+    def ticks_of(p: int, line: int, field: str) -> int:
+        return price_ticks(p / PRICE_SCALE, tick, file=book_path, line=line, field=field)
+
+    def price(t: int) -> float:
+        v = px_cache.get(t)
+        if v is None:
+            v = px_cache[t] = round(t * tick, digits)
+        return v
+
+    rows: list[tuple[int, int, float, float]] = []
+    state = ({}, {})  # bid, ask: ticks -> size
+    prev_row = None
+    for i in range(n_msg):
+        ts = int(ts_all[i])
+        kind = int(mtype[i])
+        if kind in (4, 5):
+            t = price_ticks(int(mprice[i]) / PRICE_SCALE, tick, file=path, line=i + 1,
+                            field="price")
+            flag = BUY_EVENT if mdir[i] == -1 else SELL_EVENT
+            rows.append((TRADE_EVENT | flag, ts, price(t), float(msize[i])))
+        row = book[i]
+        if prev_row is not None and np.array_equal(row, prev_row):
+            continue
+        prev_row = row
+        for side, pxs, szs, flag in ((0, bid_px[i], bid_sz[i], BUY_EVENT),
+                                     (1, ask_px[i], ask_sz[i], SELL_EVENT)):
+            valid = [(ticks_of(int(p), i + 1, f"{'bid' if side == 0 else 'ask'}_price_{j + 1}"),
+                      int(q))
+                     for j, (p, q) in enumerate(zip(pxs, szs))
+                     if p not in (DUMMY_ASK, DUMMY_BID) and q > 0]
+            st = state[side]
+            if i == 0:
+                if valid:
+                    worst = valid[-1][0]
+                    rows.append((DEPTH_CLEAR_EVENT | flag, ts, price(worst), 0.0))
+                    for t, q in valid:
+                        rows.append((DEPTH_SNAPSHOT_EVENT | flag, ts, price(t), float(q)))
+                        st[t] = q
+                continue
+            full = len(valid) == n_levels
+            current = dict(valid)
+            if full:
+                worst = valid[-1][0]
+                gone = [t for t in st if t not in current
+                        and (t >= worst if side == 0 else t <= worst)]
+            else:
+                gone = [t for t in st if t not in current]
+            for t in sorted(gone, reverse=side == 0):
+                del st[t]
+                rows.append((DEPTH_EVENT | flag, ts, price(t), 0.0))
+            for t, q in valid:
+                if st.get(t) != q:
+                    st[t] = q
+                    rows.append((DEPTH_EVENT | flag, ts, price(t), float(q)))
+    report.has_snapshot = True
+    for kind, what in ((6, "cross trades (type 6)"), (7, "trading halt messages (type 7)")):
+        count = int((mtype == kind).sum())
+        if count:
+            report.warnings.append(f"{count} {what} counted but not emitted as events")
+
+    events = np.zeros(len(rows), event_dtype)
+    if rows:
+        arr = np.array(rows, dtype=[("ev", "u8"), ("ts", "i8"), ("px", "f8"), ("qty", "f8")])
+        events["ev"], events["px"], events["qty"] = arr["ev"], arr["px"], arr["qty"]
+        events["exch_ts"] = events["local_ts"] = arr["ts"]
+    check_raw_events(events, path)
+    finish_report(report, events, int(ts_all[0]) if n_msg else None,
+                  int(ts_all[-1]) if n_msg else None)
+    return events, report
+
+
+def _validate_book(path: Path, ask_px, ask_sz, bid_px, bid_sz) -> None:
+    """Sizes >= 0, real prices > 0, visible levels strictly ordered away from the touch."""
+    for name, px, sz, dummy in (("ask", ask_px, ask_sz, DUMMY_ASK), ("bid", bid_px, bid_sz,
+                                                                      DUMMY_BID)):
+        real = (px != DUMMY_ASK) & (px != DUMMY_BID)
+        checks = [
+            (sz < 0, "size", "invalid size", "a size >= 0"),
+            (real & (px <= 0), "price", "invalid price",
+             f"a price > 0 (dollars x 10000) or the dummy price {dummy}"),
+        ]
+        for bad, what, message, expected in checks:
+            if bad.any():
+                r, c = np.argwhere(bad)[0]
+                raise InputError(message, file=path, line=int(r) + 1,
+                                 field=f"{name}_{what}_{int(c) + 1}", expected=expected,
+                                 got=int((sz if what == "size" else px)[r, c]))
+        step = np.diff(px, axis=1)
+        wrong = real[:, 1:] & real[:, :-1] & ((step <= 0) if name == "ask" else (step >= 0))
+        if wrong.any():
+            r, c = np.argwhere(wrong)[0]
+            raise InputError(f"{name} prices out of order", file=path, line=int(r) + 1,
+                             field=f"{name}_price_{int(c) + 2}",
+                             expected=("above" if name == "ask" else "below")
+                             + f" level {int(c) + 1} ({int(px[r, c])})", got=int(px[r, c + 1]))
