@@ -78,7 +78,7 @@ def plot_dataset(ds, path: str | Path) -> Path:
     L = ds.config.grid.levels
     lo, hi = ds.regime_thresholds
     n = len(ds.sessions)
-    fig, axes = plt.subplots(5, n, figsize=(5.5 * n, 11), sharex="col", squeeze=False)
+    fig, axes = plt.subplots(5, n, figsize=(max(5.5 * n, 9.0), 11), sharex="col", squeeze=False)
     split_colours = {"train": "#dde8f7", "validation": "#f7efd9", "test": "#f3dde0"}
     for col, s in enumerate(ds.sessions):
         st = steps.filter(pl.col("session") == s.id)
@@ -103,9 +103,16 @@ def plot_dataset(ds, path: str | Path) -> Path:
         axes[2, col].plot(t, ask_depth, lw=0.6, label="ask", color="#c8423b")
         axes[2, col].set_ylabel(f"depth, top {L}")
         axes[2, col].legend(fontsize=8)
-        axes[3, col].bar(t, st["buy_vol"].to_numpy(), width=ds.config.grid.dt_ms / 1000, color="#2a7ab0", label="buy")
-        axes[3, col].bar(t, -st["sell_vol"].to_numpy(), width=ds.config.grid.dt_ms / 1000, color="#c8423b", label="sell")
-        axes[3, col].set_ylabel("traded volume")
+        # Per-step bars vanish on long sessions: sum the flow into at most 200 bins.
+        edges = np.linspace(t[0], t[-1] + 1e-9, min(200, len(t)) + 1)
+        which = np.clip(np.searchsorted(edges, t, side="right") - 1, 0, len(edges) - 2)
+        width = edges[1] - edges[0]
+        buy = np.bincount(which, st["buy_vol"].to_numpy(), len(edges) - 1)
+        sell = np.bincount(which, st["sell_vol"].to_numpy(), len(edges) - 1)
+        axes[3, col].bar(edges[:-1], buy, width=width, align="edge", color="#2a7ab0", label="buy")
+        axes[3, col].bar(edges[:-1], -sell, width=width, align="edge", color="#c8423b", label="sell")
+        axes[3, col].set_ylabel(f"traded volume per {width:.3g} s")
+        axes[3, col].legend(fontsize=8)
         sig = st["sigma"].to_numpy()
         axes[4, col].plot(t, sig, lw=0.7, color="black")
         axes[4, col].axhline(lo, ls="--", color=REGIME_COLOURS[0], lw=0.8)
@@ -116,8 +123,8 @@ def plot_dataset(ds, path: str | Path) -> Path:
                                  c=[REGIME_COLOURS[r] for r in sm["regime"].to_numpy()])
         axes[4, col].set_ylabel("sigma (regime)")
         axes[4, col].set_xlabel("seconds from session start")
-    fig.suptitle(f"{ds.name}: mid, spread, depth, traded volume, volatility regimes "
-                 f"(thresholds from train: {lo:.2g}, {hi:.2g})")
+    fig.suptitle(f"{ds.name}: mid (splits shaded), spread, depth, traded volume,\n"
+                 f"volatility regimes (thresholds from train: {lo:.2g}, {hi:.2g})")
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=90, format="png")
