@@ -148,3 +148,73 @@ def validate_model(model: type[M], data: Any, *, file: str | Path | None = None,
 def load_yaml_model(model: type[M], path: str | Path) -> M:
     data, lines = read_yaml(path)
     return validate_model(model, data, file=path, lines=lines)
+
+
+# --- Strategy and backtest (method.md: Trapezoidal quote ladder, Backtest and metrics, Baselines)
+
+
+class LadderConfig(FrozenModel):
+    """The trapezoidal quote ladder. Prices in ticks, sizes in whole lots; notionals in the quote
+    currency (contracts of ``contract_size`` quote units for inverse instruments)."""
+
+    levels: PositiveInt = 5  # K: orders per side
+    level_step_ticks: PositiveInt = 1  # distance between consecutive levels of a side
+    min_half_spread_ticks: float = Field(1.0, ge=0.5)  # the `tick` in max(s/2, tick)
+    spread_scale: float = Field(1.0, gt=0.0)  # multiplies the predicted spread s
+    # k_q: reservation price shift, in ticks, at the position limit (r = m - k_q * (q/Q) * tick).
+    inventory_skew_ticks: float = Field(2.0, ge=0.0)
+    ramp_up_levels: int = Field(1, ge=0)  # trapezoid: levels over which sizes rise ...
+    ramp_down_levels: int = Field(1, ge=0)  # ... and fall at the far end
+    participation: float = Field(0.02, ge=0.0)  # side size = this x predicted volume over H
+    min_side_notional: float = Field(0.0, ge=0.0)  # bounds of one side's total size
+    max_side_notional: float = Field(2_000.0, gt=0.0)
+    position_limit_notional: float = Field(5_000.0, gt=0.0)  # Q, as notional at the mid
+
+
+class BacktestConfig(FrozenModel):
+    """hftbacktest replay settings. Latencies in nanoseconds; feed latency comes from the data."""
+
+    venue_entry_latency_ns: int = Field(5_000_000, ge=0)  # order entry, before policy latency
+    venue_response_latency_ns: int = Field(5_000_000, ge=0)
+    queue_model: Literal["risk_adverse", "power_prob", "power_prob2", "power_prob3",
+                         "log_prob", "log_prob2"] = "power_prob"
+    queue_power: float = Field(2.0, gt=0.0)  # n of the power_prob* models
+    # no_partial_fill by default: hftbacktest 2.4.4's partial-fill exchange can stop a replay with
+    # InvalidOrderStatus (nkaz001/hftbacktest#312). Ours books partial fills itself (#299).
+    exchange: Literal["partial_fill", "no_partial_fill"] = "no_partial_fill"
+    episode_s: float = Field(60.0, gt=0.0)  # test split cut into equal episodes
+    decision_every: PositiveInt = 1  # act at every n-th decision point (sample) of the split
+    # A policy still computing (its latency since the last decision) skips decision points,
+    # as one model instance inferring sequentially would.
+    skip_while_busy: bool = True
+    # A resting order is kept (queue priority) while (1 - tol) * wanted <= its qty <= wanted.
+    size_tolerance: float = Field(0.5, ge=0.0, le=1.0)
+    seed: int = 0
+
+
+class FixedSpreadConfig(FrozenModel):
+    """Baseline: symmetric quotes around the current mid at a constant spread."""
+
+    spread_ticks: float = Field(2.0, gt=0.0)
+    volume_quantile: float = Field(0.5, ge=0.0, le=1.0)  # of training y_volume, as the size signal
+    latency_ns: int = Field(0, ge=0)
+
+
+class AvellanedaStoikovConfig(FrozenModel):
+    """Baseline: Avellaneda-Stoikov (2008) with sigma and intensity A*exp(-k*delta) from train."""
+
+    # Risk aversion per tick, with the inventory as a fraction of the ladder's limit Q. None:
+    # calibrated so that the skew at the limit, at the mean tau, is skew_ticks_at_limit.
+    gamma: float | None = Field(None, gt=0.0)
+    skew_ticks_at_limit: float = Field(2.0, gt=0.0)
+    horizon: Literal["episode", "fixed"] = "episode"  # tau = T - t: time left in the episode
+    horizon_s: float = Field(60.0, gt=0.0)  # tau when horizon == "fixed"
+    intensity_levels: PositiveInt = 20  # distances (ticks from the mid) for the fit of A, k
+    volume_quantile: float = Field(0.5, ge=0.0, le=1.0)
+    latency_ns: int = Field(0, ge=0)
+
+
+class OracleConfig(FrozenModel):
+    """Upper bound: the true future targets as predictions. Never a competitor."""
+
+    latency_ns: int = Field(0, ge=0)

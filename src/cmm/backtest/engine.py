@@ -1,0 +1,431 @@
+"""The replay loop on hftbacktest's numba API: one compiled kernel per process.
+
+For one session's events and a schedule of decisions grouped into episodes, the kernel
+
+1. elapses to each decision time (local clock), collects the fills since the last look and records
+   the state (book touch, episode position, equity marked at the mid, cash, fees);
+2. unless the policy is still busy with its previous decision (``skip_while_busy``), turns the
+   policy's output into quotes (the ladder, or the policy's own quotes put on the grid) with the
+   book and inventory it sees *now*, and reconciles them with its resting orders: an order whose
+   price is still wanted and whose remaining size is within ``size_tolerance`` of the wanted size
+   keeps its queue place, others are cancelled, missing levels are sent as post-only (GTX) limit
+   orders. hftbacktest delivers each request to the exchange after the constant entry latency,
+   which the runner sets to venue latency + the policy's own latency;
+3. at each episode's end, cancels everything, waits until no order is live (so every fill of the
+   episode is known), then closes the episode's position *by computation*: at the touch on the
+   side that closes it (best bid for a long, best ask for a short) from the local book at that
+   moment, paying the taker fee on that value. The simulator itself is never sent the closing
+   order; the next episode starts flat because its position, cash and fees are measured from that
+   moment on (the simulator's position is an accounting offset, which hftbacktest does not
+   constrain).
+
+Everything is float64 arrays so the kernel runs without Python objects; the column layouts are
+the ``REC_*``, ``FILL_*``, ``EP_*`` and ``ORD_*`` constants below. Times in them are nanoseconds
+since ``t0`` (the session's first event), exact in float64 for 104 days.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from hftbacktest import BacktestAsset, HashMapMarketDepthBacktest
+from hftbacktest.order import (
+    BUY,
+    CANCELED,
+    FILLED,
+    GTX,
+    LIMIT,
+    NEW,
+    NONE,
+    PARTIALLY_FILLED,
+)
+from numba import njit
+
+from cmm.config import BacktestConfig, Instrument
+from cmm.strategy.ladder import (
+    LP_CONTRACT,
+    LP_INVERSE,
+    LP_LOT,
+    LP_TICK,
+    clip_quotes_kernel,
+    ladder_kernel,
+    valid_touch,
+)
+
+# Per decision.
+REC_TS, REC_MID, REC_BEST_BID, REC_BEST_ASK, REC_POSITION, REC_EQUITY, REC_CASH, REC_FEE, \
+    REC_TRADES, REC_QUOTE_BID, REC_QUOTE_ASK, REC_ACTED, REC_EPISODE = range(13)
+REC_SIZE = 13
+REC_COLUMNS = ["ts_ns", "mid", "best_bid", "best_ask", "position", "equity", "cash", "fee",
+               "fills", "quote_bid", "quote_ask", "acted", "episode"]
+# acted: 1 = quoted, 0 = policy busy, -1 = decision time already passed (episode close overran)
+
+# Per fill observed (partial fills of one order between two looks are merged).
+FILL_TS, FILL_LOCAL_TS, FILL_SIDE, FILL_PX, FILL_QTY, FILL_EPISODE, FILL_ORDER = range(7)
+FILL_SIZE = 7
+FILL_COLUMNS = ["exch_ts_ns", "local_ts_ns", "side", "price", "qty", "episode", "order_id"]
+
+# Per episode.
+EP_START, EP_END, EP_CLOSE_TS, EP_CLOSE_PX, EP_CLOSE_QTY, EP_CLOSE_FEE, EP_PNL, EP_CASH, \
+    EP_FEE, EP_TRADES, EP_VOLUME, EP_VALUE, EP_DECISIONS, EP_COMPLETE = range(14)
+EP_SIZE = 14
+EP_COLUMNS = ["start_ns", "end_ns", "close_ns", "close_px", "close_qty", "close_fee", "pnl",
+              "cash", "maker_fee", "fills", "volume", "value", "decisions", "complete"]
+
+# Per order id (row = id).
+ORD_SUBMIT_TS, ORD_EXCH_TS, ORD_SIDE, ORD_PX, ORD_QTY, ORD_EPISODE, ORD_STATUS = range(7)
+ORD_SIZE = 7
+ORD_COLUMNS = ["submit_ns", "exch_ns", "side", "price", "qty", "episode", "first_status"]
+
+# Our own account (hftbacktest 2.4.4's local state skips partial fills, nkaz001/hftbacktest#299).
+ACCT_POSITION, ACCT_CASH, ACCT_FEE, ACCT_FILLS, ACCT_VOLUME, ACCT_VALUE = range(6)
+ACCT_SIZE = 6
+
+# Kernel status: 0 ok, 1 end of data, else hftbacktest's error code (10 order id exists, 11
+# request in process, 12 order not found, 13 invalid request, 14 invalid order status, 15 end
+# of data, 100 data error); ours: 1000 order buffer full.
+STATUS_OK, STATUS_END_OF_DATA, STATUS_ORDER_CAPACITY = 0, 1, 1000
+
+
+def build_asset(events: np.ndarray, instrument: Instrument, config: BacktestConfig,
+                policy_latency_ns: int) -> BacktestAsset:
+    """One hftbacktest asset: the instrument's terms and fees, the configured queue and exchange
+    models, and order entry latency = venue latency + the policy's own latency."""
+    asset = BacktestAsset().data([events])
+    cs = instrument.contract_size
+    asset = asset.inverse_asset(cs) if instrument.inverse else asset.linear_asset(cs)
+    asset = asset.constant_order_latency(config.venue_entry_latency_ns + int(policy_latency_ns),
+                                         config.venue_response_latency_ns)
+    qm, n = config.queue_model, config.queue_power
+    asset = {"risk_adverse": lambda a: a.risk_adverse_queue_model(),
+             "power_prob": lambda a: a.power_prob_queue_model(n),
+             "power_prob2": lambda a: a.power_prob_queue_model2(n),
+             "power_prob3": lambda a: a.power_prob_queue_model3(n),
+             "log_prob": lambda a: a.log_prob_queue_model(),
+             "log_prob2": lambda a: a.log_prob_queue_model2()}[qm](asset)
+    asset = asset.partial_fill_exchange() if config.exchange == "partial_fill" \
+        else asset.no_partial_fill_exchange()
+    return (asset.trading_value_fee_model(instrument.maker_fee, instrument.taker_fee)
+            .tick_size(instrument.tick_size).lot_size(instrument.lot_size)
+            .last_trades_capacity(0))
+
+
+def build_backtest(events: np.ndarray, instrument: Instrument, config: BacktestConfig,
+                   policy_latency_ns: int):
+    return HashMapMarketDepthBacktest([build_asset(events, instrument, config, policy_latency_ns)])
+
+
+@njit
+def _equity(inverse: bool, cs: float, cash: float, q: float, fee: float, px: float) -> float:
+    if inverse:
+        return -cash - cs * q / px - fee
+    return cash + cs * q * px - fee
+
+
+@njit
+def _amount(inverse: bool, cs: float, px: float, qty: float) -> float:
+    if inverse:
+        return cs * qty / px
+    return cs * px * qty
+
+
+@njit
+def _collect(hbt, t0, p, maker_fee, acct, filled, ords, fills, nf, ep):
+    """Record fills since the last look (per order: cumulative executed qty), book them in
+    ``acct``, note each order's first exchange response, then drop inactive orders from the
+    local order book."""
+    lot, cs = p[LP_LOT], p[LP_CONTRACT]
+    inverse = p[LP_INVERSE] > 0.5
+    now = hbt.current_timestamp
+    vals = hbt.orders(0).values()
+    while vals.has_next():
+        o = vals.get()
+        oid = o.order_id
+        if oid >= filled.shape[0]:
+            continue
+        if np.isnan(ords[oid, ORD_EXCH_TS]) and o.req == NONE:
+            ords[oid, ORD_EXCH_TS] = o.exch_timestamp - t0
+            ords[oid, ORD_STATUS] = o.status
+        done = o.qty if o.status == FILLED else o.qty - o.leaves_qty
+        delta = done - filled[oid]
+        if delta > 0.5 * lot:
+            px = o.price_tick * p[LP_TICK]  # post-only orders fill as makers, at their price
+            amount = _amount(inverse, cs, px, delta)
+            acct[ACCT_POSITION] += o.side * delta
+            acct[ACCT_CASH] -= o.side * amount
+            acct[ACCT_FEE] += maker_fee * amount
+            acct[ACCT_FILLS] += 1
+            acct[ACCT_VOLUME] += delta
+            acct[ACCT_VALUE] += amount
+            if nf < fills.shape[0]:
+                fills[nf, FILL_TS] = o.exch_timestamp - t0
+                fills[nf, FILL_LOCAL_TS] = now - t0
+                fills[nf, FILL_SIDE] = o.side
+                fills[nf, FILL_PX] = px
+                fills[nf, FILL_QTY] = delta
+                fills[nf, FILL_EPISODE] = ep
+                fills[nf, FILL_ORDER] = oid
+            nf += 1
+            filled[oid] = done
+    hbt.clear_inactive_orders(0)
+    return nf
+
+
+@njit
+def _reconcile(hbt, t0, bid_tick, bid_lots, ask_tick, ask_lots, bid_kept, ask_kept, lot, tick,
+               size_tol, next_oid, ords, ep):
+    """Keep, cancel or send orders so that the resting set matches the wanted ladder."""
+    K = bid_tick.shape[0]
+    for j in range(K):
+        bid_kept[j] = False
+        ask_kept[j] = False
+    vals = hbt.orders(0).values()
+    while vals.has_next():
+        o = vals.get()
+        if o.req == CANCELED:
+            continue
+        active = o.status == NEW or o.status == PARTIALLY_FILLED
+        if not active and o.req != NEW:
+            continue
+        leaves = round(o.leaves_qty / lot)
+        keep = False
+        if o.side == BUY:
+            for j in range(K):
+                want = bid_lots[j]
+                if (not bid_kept[j] and want > 0 and bid_tick[j] == o.price_tick
+                        and leaves <= want and leaves >= (1.0 - size_tol) * want - 1e-9):
+                    bid_kept[j] = True
+                    keep = True
+                    break
+        else:
+            for j in range(K):
+                want = ask_lots[j]
+                if (not ask_kept[j] and want > 0 and ask_tick[j] == o.price_tick
+                        and leaves <= want and leaves >= (1.0 - size_tol) * want - 1e-9):
+                    ask_kept[j] = True
+                    keep = True
+                    break
+        if not keep and active and o.req == NONE:
+            hbt.cancel(0, o.order_id, False)
+    now = hbt.current_timestamp
+    cap = ords.shape[0]
+    for j in range(K):
+        if not bid_kept[j] and bid_lots[j] > 0 and next_oid < cap:
+            px = bid_tick[j] * tick
+            qty = bid_lots[j] * lot
+            hbt.submit_buy_order(0, next_oid, px, qty, GTX, LIMIT, False)
+            ords[next_oid, ORD_SUBMIT_TS] = now - t0
+            ords[next_oid, ORD_SIDE] = 1.0
+            ords[next_oid, ORD_PX] = px
+            ords[next_oid, ORD_QTY] = qty
+            ords[next_oid, ORD_EPISODE] = ep
+            next_oid += 1
+        if not ask_kept[j] and ask_lots[j] > 0 and next_oid < cap:
+            px = ask_tick[j] * tick
+            qty = ask_lots[j] * lot
+            hbt.submit_sell_order(0, next_oid, px, qty, GTX, LIMIT, False)
+            ords[next_oid, ORD_SUBMIT_TS] = now - t0
+            ords[next_oid, ORD_SIDE] = -1.0
+            ords[next_oid, ORD_PX] = px
+            ords[next_oid, ORD_QTY] = qty
+            ords[next_oid, ORD_EPISODE] = ep
+            next_oid += 1
+    return next_oid
+
+
+@njit
+def _close_episode(hbt, t0, p, maker_fee, taker_fee, acct, ep, ep_end, poll_ns, base, last_bb,
+                   last_ba, filled, ords, fills, nf, eps):
+    """Cancel all, wait until nothing is live, then close the position at the touch (computed)."""
+    tick, lot, cs = p[LP_TICK], p[LP_LOT], p[LP_CONTRACT]
+    inverse = p[LP_INVERSE] > 0.5
+    code = 0
+    now = hbt.current_timestamp
+    if ep_end > now:
+        code = hbt.elapse(ep_end - now)
+    nf = _collect(hbt, t0, p, maker_fee, acct, filled, ords, fills, nf, ep)
+    for _ in range(100_000):
+        live = False
+        vals = hbt.orders(0).values()
+        while vals.has_next():
+            o = vals.get()
+            active = o.status == NEW or o.status == PARTIALLY_FILLED
+            if active or o.req != NONE:
+                live = True
+                if active and o.req == NONE:
+                    hbt.cancel(0, o.order_id, False)
+        if not live or code != 0:
+            break
+        code = hbt.elapse(poll_ns)
+        nf = _collect(hbt, t0, p, maker_fee, acct, filled, ords, fills, nf, ep)
+
+    depth = hbt.depth(0)
+    bb, ba = depth.best_bid_tick, depth.best_ask_tick
+    if not valid_touch(bb, ba):
+        bb, ba = last_bb, last_ba
+    q = acct[ACCT_POSITION] - base[ACCT_POSITION]
+    cash = acct[ACCT_CASH] - base[ACCT_CASH]
+    fee = acct[ACCT_FEE] - base[ACCT_FEE]
+    if abs(q) < 0.5 * lot:
+        q = 0.0
+    px = bb * tick if q > 0 else (ba * tick if q < 0 else 0.5 * (bb + ba) * tick)
+    close_fee = taker_fee * _amount(inverse, cs, px, abs(q))
+    eps[ep, EP_END] = ep_end - t0
+    eps[ep, EP_CLOSE_TS] = hbt.current_timestamp - t0
+    eps[ep, EP_CLOSE_PX] = px
+    eps[ep, EP_CLOSE_QTY] = q
+    eps[ep, EP_CLOSE_FEE] = close_fee
+    eps[ep, EP_PNL] = _equity(inverse, cs, cash, q, fee, px) - close_fee
+    eps[ep, EP_CASH] = cash
+    eps[ep, EP_FEE] = fee
+    eps[ep, EP_TRADES] = acct[ACCT_FILLS] - base[ACCT_FILLS]
+    eps[ep, EP_VOLUME] = acct[ACCT_VOLUME] - base[ACCT_VOLUME]
+    eps[ep, EP_VALUE] = acct[ACCT_VALUE] - base[ACCT_VALUE]
+    eps[ep, EP_COMPLETE] = 0.0 if code != 0 and hbt.current_timestamp < ep_end else 1.0
+    return nf, code
+
+
+@njit
+def replay_kernel(hbt, t0, dec_ts, dec_ep, ep_end, mode, sig, qb_px, qb_qty, qa_px, qa_qty,
+                  p, weights, policy_latency, skip_busy, size_tol, poll_ns, maker_fee, taker_fee,
+                  rec, fills, eps, ords):
+    """Replay one session. ``mode`` 0: ``sig`` (N, 4) predictions through the ladder; 1: the
+    policy's own quotes ``q*_px/q*_qty`` (N, K). Returns (fills seen, orders sent, status)."""
+    tick, lot, cs = p[LP_TICK], p[LP_LOT], p[LP_CONTRACT]
+    inverse = p[LP_INVERSE] > 0.5
+    K = weights.shape[0] if mode == 0 else qb_px.shape[1]
+    bid_tick = np.zeros(K, np.int64)
+    ask_tick = np.zeros(K, np.int64)
+    bid_lots = np.zeros(K)
+    ask_lots = np.zeros(K)
+    bid_kept = np.zeros(K, np.bool_)
+    ask_kept = np.zeros(K, np.bool_)
+    filled = np.zeros(ords.shape[0])
+    acct = np.zeros(ACCT_SIZE)
+    base = np.zeros(ACCT_SIZE)
+    nf = 0
+    next_oid = 1
+    ep = -1
+    busy_until = np.int64(-1)
+    last_bb = np.int64(0)
+    last_ba = np.int64(0)
+    status = STATUS_OK
+    hbt.elapse(0)  # the clock starts at the first event (it reads int64 max before)
+    N = dec_ts.shape[0]
+    for i in range(N):
+        e = dec_ep[i]
+        if e != ep:
+            if ep >= 0:
+                nf, code = _close_episode(hbt, t0, p, maker_fee, taker_fee, acct, ep, ep_end[ep],
+                                          poll_ns, base, last_bb, last_ba, filled, ords, fills,
+                                          nf, eps)
+                if code != 0:
+                    status = code
+                    ep = -1
+                    break
+            ep = e
+            now = hbt.current_timestamp
+            if dec_ts[i] > now:
+                code = hbt.elapse(dec_ts[i] - now)
+                if code != 0:
+                    status = code
+                    ep = -1
+                    break
+            nf = _collect(hbt, t0, p, maker_fee, acct, filled, ords, fills, nf, ep)
+            base[:] = acct
+            eps[ep, EP_START] = hbt.current_timestamp - t0
+        else:
+            now = hbt.current_timestamp
+            if dec_ts[i] > now:
+                code = hbt.elapse(dec_ts[i] - now)
+                if code != 0:
+                    status = code
+                    break
+            nf = _collect(hbt, t0, p, maker_fee, acct, filled, ords, fills, nf, ep)
+
+        now = hbt.current_timestamp
+        depth = hbt.depth(0)
+        bb, ba = depth.best_bid_tick, depth.best_ask_tick
+        ok_book = valid_touch(bb, ba)
+        if ok_book:
+            last_bb, last_ba = bb, ba
+        q = acct[ACCT_POSITION] - base[ACCT_POSITION]
+        cash = acct[ACCT_CASH] - base[ACCT_CASH]
+        fee = acct[ACCT_FEE] - base[ACCT_FEE]
+        mid = 0.5 * (bb + ba) * tick if ok_book else np.nan
+        rec[i, REC_TS] = now - t0
+        rec[i, REC_MID] = mid
+        rec[i, REC_BEST_BID] = bb * tick if ok_book else np.nan
+        rec[i, REC_BEST_ASK] = ba * tick if ok_book else np.nan
+        rec[i, REC_POSITION] = q
+        rec[i, REC_EQUITY] = _equity(inverse, cs, cash, q, fee, mid) if ok_book else np.nan
+        rec[i, REC_CASH] = cash
+        rec[i, REC_FEE] = fee
+        rec[i, REC_TRADES] = acct[ACCT_FILLS] - base[ACCT_FILLS]
+        rec[i, REC_EPISODE] = ep
+        rec[i, REC_QUOTE_BID] = np.nan
+        rec[i, REC_QUOTE_ASK] = np.nan
+        eps[ep, EP_DECISIONS] += 1
+
+        if now > dec_ts[i]:
+            rec[i, REC_ACTED] = -1.0
+            continue
+        if skip_busy and dec_ts[i] < busy_until:
+            rec[i, REC_ACTED] = 0.0
+            continue
+        if mode == 0:
+            ladder_kernel(p, weights, sig[i, 0], sig[i, 1], sig[i, 2], sig[i, 3], q, bb, ba,
+                          bid_tick, bid_lots, ask_tick, ask_lots)
+        else:
+            clip_quotes_kernel(p, q, bb, ba, qb_px[i], qb_qty[i], qa_px[i], qa_qty[i],
+                               bid_tick, bid_lots, ask_tick, ask_lots)
+        next_oid = _reconcile(hbt, t0, bid_tick, bid_lots, ask_tick, ask_lots, bid_kept, ask_kept,
+                              lot, tick, size_tol, next_oid, ords, ep)
+        if next_oid >= ords.shape[0]:
+            status = STATUS_ORDER_CAPACITY
+        busy_until = dec_ts[i] + policy_latency
+        rec[i, REC_ACTED] = 1.0
+        for j in range(K):
+            if bid_lots[j] > 0:
+                rec[i, REC_QUOTE_BID] = bid_tick[j] * tick
+                break
+        for j in range(K):
+            if ask_lots[j] > 0:
+                rec[i, REC_QUOTE_ASK] = ask_tick[j] * tick
+                break
+
+    if ep >= 0:
+        nf, code = _close_episode(hbt, t0, p, maker_fee, taker_fee, acct, ep, ep_end[ep], poll_ns,
+                                  base, last_bb, last_ba, filled, ords, fills, nf, eps)
+        if code != 0 and status == STATUS_OK:
+            status = code
+    return nf, next_oid, status
+
+
+@njit
+def bare_loop(hbt, dec_ts, half_spread_ticks, qty):
+    """Reference loop for the benchmark: at each decision, cancel, then post one bid and one ask
+    ``half_spread_ticks`` around the mid (the pattern of hftbacktest's tutorials)."""
+    oid = 1
+    hbt.elapse(0)
+    for i in range(dec_ts.shape[0]):
+        now = hbt.current_timestamp
+        if dec_ts[i] > now and hbt.elapse(dec_ts[i] - now) != 0:
+            break
+        hbt.clear_inactive_orders(0)
+        vals = hbt.orders(0).values()
+        while vals.has_next():
+            o = vals.get()
+            if o.cancellable:
+                hbt.cancel(0, o.order_id, False)
+        depth = hbt.depth(0)
+        bb, ba = depth.best_bid_tick, depth.best_ask_tick
+        if not valid_touch(bb, ba):
+            continue
+        tick = depth.tick_size
+        mid_tick = 0.5 * (bb + ba)
+        bid = min(np.floor(mid_tick - half_spread_ticks), float(ba - 1)) * tick
+        ask = max(np.ceil(mid_tick + half_spread_ticks), float(bb + 1)) * tick
+        hbt.submit_buy_order(0, oid, bid, qty, GTX, LIMIT, False)
+        hbt.submit_sell_order(0, oid + 1, ask, qty, GTX, LIMIT, False)
+        oid += 2
+    return oid

@@ -1,0 +1,243 @@
+"""Backtest a policy on a prepared dataset: plan the decisions and episodes, ask the policy for its
+outputs in one batch, replay each session's events through hftbacktest, collect the results.
+
+Episodes (method.md, "Backtest and metrics"): per session, the split's decision points are cut
+into consecutive episodes of ``episode_s`` seconds from the session's first decision; only whole
+episodes are kept. Each starts flat and ends with its position closed at the touch with the
+taker fee (see :mod:`cmm.backtest.engine` for how the close is done).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+import polars as pl
+
+from cmm.backtest import engine as E
+from cmm.config import BacktestConfig, Instrument, LadderConfig
+from cmm.errors import CmmError, InputError
+from cmm.strategy.ladder import ladder_params, trapezoid_weights
+from cmm.strategy.policy import DecisionPlan, Policy, Predictions, Quotes
+
+if TYPE_CHECKING:
+    from cmm.data.prepare import PreparedDataset
+
+__all__ = ["make_plan", "replay", "Replay", "run_backtest", "BacktestResult"]
+
+
+def make_plan(samples: pl.DataFrame, split: str, dt_ns: int, config: BacktestConfig) -> DecisionPlan:
+    """Decisions and episodes for the rows of one split (``samples`` = ``ds.split_samples``)."""
+    if len(samples) == 0:
+        raise InputError("the split has no samples to backtest on", field="split", got=split)
+    ts_all = samples["ts_ns"].to_numpy().astype(np.int64)
+    sess_all = samples["session"].to_numpy().astype(np.int64)
+    ep_len = int(round(config.episode_s * 1e9))
+    rows, ep_ids, ep_sess, ep_start, ep_end = [], [], [], [], []
+    for sid in dict.fromkeys(sess_all.tolist()):  # sessions in order of appearance
+        idx = np.flatnonzero(sess_all == sid)
+        idx = idx[np.argsort(ts_all[idx], kind="stable")][:: config.decision_every]
+        ts = ts_all[idx]
+        t_first = int(ts[0])
+        n_ep = int((int(ts[-1]) + dt_ns - t_first) // ep_len)
+        k = (ts - t_first) // ep_len
+        for e in range(n_ep):
+            m = k == e
+            if not m.any():
+                continue
+            rows.append(idx[m])
+            ep_ids.append(np.full(int(m.sum()), len(ep_start), np.int64))
+            ep_sess.append(sid)
+            ep_start.append(t_first + e * ep_len)
+            ep_end.append(t_first + (e + 1) * ep_len)
+    if not ep_start:
+        span = (ts_all.max() - ts_all.min()) / 1e9
+        raise InputError("the split is shorter than one episode", field="backtest.episode_s",
+                         expected=f"<= {span:.1f} s (the longest span of the split)",
+                         got=config.episode_s)
+    r = np.concatenate(rows)
+    return DecisionPlan(split=split, n_rows=len(samples), rows=r, ts_ns=ts_all[r],
+                        session=sess_all[r], episode=np.concatenate(ep_ids),
+                        episode_session=np.asarray(ep_sess, np.int64),
+                        episode_start_ns=np.asarray(ep_start, np.int64),
+                        episode_end_ns=np.asarray(ep_end, np.int64))
+
+
+def _take(output: Predictions | Quotes, rows: np.ndarray, n_rows: int):
+    """The policy's arrays at the decision rows, in the kernel's layout."""
+    if isinstance(output, Predictions):
+        sig = np.ascontiguousarray(output.matrix(n_rows)[rows])
+        empty = np.zeros((len(rows), 1))
+        return 0, sig, empty, empty, empty, empty
+    if isinstance(output, Quotes):
+        bp, bq, ap, aq = (np.ascontiguousarray(a[rows]) for a in output.arrays(n_rows))
+        return 1, np.zeros((len(rows), 4)), bp, bq, ap, aq
+    raise InputError("a policy must return Predictions or Quotes", got=type(output).__name__)
+
+
+@dataclass
+class Replay:
+    """Raw outputs of one replayed session; times are absolute ns (local clock unless named)."""
+
+    records: np.ndarray  # (N, REC_SIZE)
+    fills: np.ndarray  # (F, FILL_SIZE)
+    episodes: np.ndarray  # (E, EP_SIZE)
+    orders: np.ndarray  # (O, ORD_SIZE), row i = order id i + 1
+    status: int
+    wall_s: float
+
+
+def replay(events: np.ndarray, instrument: Instrument, ts_ns: np.ndarray, episode: np.ndarray,
+           episode_end_ns: np.ndarray, output: Predictions | Quotes, *, latency_ns: int = 0,
+           ladder: LadderConfig | None = None, config: BacktestConfig | None = None,
+           rows: np.ndarray | None = None, n_rows: int | None = None) -> Replay:
+    """Replay one session's ``events`` acting at ``ts_ns`` (increasing, local clock).
+
+    ``episode`` (N,) numbers the decisions' episodes 0..E-1 (non-decreasing) and
+    ``episode_end_ns`` (E,) their ends. ``output`` is the policy's answer for ``n_rows`` rows, of
+    which ``rows`` (default: all, in order) are the decisions.
+    """
+    ladder = ladder or LadderConfig()
+    config = config or BacktestConfig()
+    ts_ns = np.ascontiguousarray(ts_ns, np.int64)
+    episode = np.ascontiguousarray(episode, np.int64)
+    episode_end_ns = np.ascontiguousarray(episode_end_ns, np.int64)
+    n = len(ts_ns)
+    if n == 0:
+        raise InputError("nothing to replay: no decision points")
+    if np.any(np.diff(ts_ns) <= 0) or np.any(np.diff(episode) < 0):
+        raise InputError("decision times must increase and episodes must not go back",
+                         field="ts_ns")
+    if len(episode_end_ns) != int(episode.max()) + 1 or episode.min() < 0:
+        raise InputError("episode ids must be 0..E-1 with one end time each", field="episode",
+                         expected=f"{len(episode_end_ns)} episodes",
+                         got=f"ids {episode.min()}..{episode.max()}")
+    if latency_ns < 0:
+        raise InputError("policy latency must be >= 0", field="latency_ns", got=latency_ns)
+    rows = np.arange(n) if rows is None else np.asarray(rows)
+    mode, sig, bp, bq, ap, aq = _take(output, rows, n if n_rows is None else n_rows)
+
+    p = ladder_params(ladder, instrument)
+    weights = trapezoid_weights(ladder.levels, ladder.ramp_up_levels, ladder.ramp_down_levels)
+    K = ladder.levels if mode == 0 else bp.shape[1]
+    first_ts = int(events["local_ts"].min())
+    t0 = min(first_ts, int(ts_ns[0]))
+    n_ep = len(episode_end_ns)
+    rec = np.full((n, E.REC_SIZE), np.nan)
+    eps = np.zeros((n_ep, E.EP_SIZE))
+    ords = np.full((n * 2 * K + 2, E.ORD_SIZE), np.nan)
+    fills = np.zeros((max(4 * len(ords), 1024), E.FILL_SIZE))
+    poll_ns = max(1_000_000, config.venue_entry_latency_ns + latency_ns
+                  + config.venue_response_latency_ns)
+    events = np.ascontiguousarray(events)
+    hbt = E.build_backtest(events, instrument, config, latency_ns)
+    start = time.perf_counter()
+    try:
+        nf, n_orders, status = E.replay_kernel(
+            hbt, t0, ts_ns, episode, episode_end_ns, mode, sig, bp, bq, ap, aq, p, weights,
+            np.int64(latency_ns), config.skip_while_busy, config.size_tolerance,
+            np.int64(poll_ns), instrument.maker_fee, instrument.taker_fee, rec, fills, eps, ords)
+    finally:
+        hbt.close()
+    wall = time.perf_counter() - start
+    if nf > len(fills):
+        raise CmmError(f"internal: fill buffer too small ({nf} > {len(fills)})")
+    if status == E.STATUS_ORDER_CAPACITY:
+        raise CmmError("internal: order buffer too small")
+    if status == 14 and config.exchange == "partial_fill":
+        raise CmmError(
+            "hftbacktest stopped with InvalidOrderStatus (14): its partial-fill exchange leaves an "
+            "order whose last partial fill exactly used up its quantity in the book and fails on the "
+            "next trade at that price (nkaz001/hftbacktest#312, in 2.4.4); use "
+            "backtest.exchange: no_partial_fill")
+    if status not in (E.STATUS_OK, E.STATUS_END_OF_DATA):
+        raise CmmError(f"hftbacktest stopped with error code {status} at decision "
+                       f"{int(np.isnan(rec[:, E.REC_TS]).argmax())} of {n}")
+    fills = fills[:nf].copy()
+    ords = ords[1:n_orders].copy()
+    for a, cols in ((rec, [E.REC_TS]), (fills, [E.FILL_TS, E.FILL_LOCAL_TS]),
+                    (eps, [E.EP_START, E.EP_END, E.EP_CLOSE_TS]),
+                    (ords, [E.ORD_SUBMIT_TS, E.ORD_EXCH_TS])):
+        for c in cols:
+            a[:, c] += t0
+    return Replay(records=rec, fills=fills, episodes=eps, orders=ords, status=int(status),
+                  wall_s=wall)
+
+
+@dataclass
+class BacktestResult:
+    """Per-decision records, fills, orders and per-episode outcomes of one policy on one split.
+
+    ``episodes`` has one row per episode: session, start/end/close times (ns), ``pnl`` (fees and
+    the closing trade included, in ``currency``), ``close_px``, ``close_qty``, ``close_fee``,
+    ``maker_fee``, ``fills``, ``volume``, ``value``, ``decisions``. ``records`` has one row per
+    decision (position and equity are the episode's own, equity marked at the mid).
+    """
+
+    dataset: str
+    policy: str
+    split: str
+    instrument: Instrument
+    episodes: pl.DataFrame
+    records: pl.DataFrame
+    fills: pl.DataFrame
+    orders: pl.DataFrame
+    settings: dict = field(default_factory=dict)
+    wall_s: float = 0.0
+
+    @property
+    def currency(self) -> str:
+        return "base" if self.instrument.inverse else "quote"
+
+
+def _frame(a: np.ndarray, columns: list[str], ints: tuple[str, ...], **extra) -> pl.DataFrame:
+    data = {c: a[:, i] for i, c in enumerate(columns)}
+    for c in ints:
+        if c in data:
+            data[c] = np.nan_to_num(data[c], nan=-1).astype(np.int64)
+    data.update(extra)
+    return pl.DataFrame(data)
+
+
+def run_backtest(ds: PreparedDataset, policy: Policy, split: str = "test", *,
+                 ladder: LadderConfig | None = None, config: BacktestConfig | None = None,
+                 plan: DecisionPlan | None = None) -> BacktestResult:
+    """Backtest an already fitted ``policy`` on ``split`` of ``ds``."""
+    ladder = ladder or LadderConfig()
+    config = config or BacktestConfig()
+    samples = ds.split_samples(split)
+    plan = plan or make_plan(samples, split, ds.config.grid.dt_ms * 1_000_000, config)
+    output = policy.act(ds, split, plan)
+    inst = ds.spec.instrument
+    recs, fills, eps, ords = [], [], [], []
+    wall = 0.0
+    for sid in dict.fromkeys(plan.episode_session.tolist()):
+        ep_ids = np.flatnonzero(plan.episode_session == sid)
+        m = np.isin(plan.episode, ep_ids)
+        local_ep = plan.episode[m] - ep_ids[0]
+        r = replay(ds.events(sid), inst, plan.ts_ns[m], local_ep, plan.episode_end_ns[ep_ids],
+                   output, latency_ns=policy.latency_ns, ladder=ladder, config=config,
+                   rows=plan.rows[m], n_rows=plan.n_rows)
+        wall += r.wall_s
+        recs.append(_frame(r.records, E.REC_COLUMNS, ("ts_ns", "fills", "acted", "episode"),
+                           session=np.full(len(r.records), sid), row=plan.rows[m]))
+        recs[-1] = recs[-1].with_columns(pl.col("episode") + int(ep_ids[0]))
+        f = _frame(r.fills, E.FILL_COLUMNS, ("exch_ts_ns", "local_ts_ns", "side", "episode",
+                                             "order_id"), session=np.full(len(r.fills), sid))
+        fills.append(f.with_columns(pl.col("episode") + int(ep_ids[0])))
+        e = _frame(r.episodes, E.EP_COLUMNS, ("start_ns", "end_ns", "close_ns", "fills",
+                                              "decisions", "complete"),
+                   episode=ep_ids, session=np.full(len(ep_ids), sid))
+        eps.append(e)
+        o = _frame(r.orders, E.ORD_COLUMNS, ("submit_ns", "exch_ns", "side", "episode",
+                                             "first_status"), session=np.full(len(r.orders), sid))
+        ords.append(o.with_columns(pl.col("episode") + int(ep_ids[0])))
+    settings = {"ladder": ladder.model_dump(), "backtest": config.model_dump(),
+                "policy": policy.describe(), "dataset_key": getattr(ds, "cache_key", None),
+                "split": split}
+    return BacktestResult(dataset=ds.name, policy=policy.name, split=split, instrument=inst,
+                          episodes=pl.concat(eps), records=pl.concat(recs),
+                          fills=pl.concat(fills), orders=pl.concat(ords), settings=settings,
+                          wall_s=wall)
