@@ -25,7 +25,6 @@ from hftbacktest.types import (
     event_dtype,
 )
 
-from cmm.backtest import engine as E
 from cmm.backtest.metrics import summarize
 from cmm.backtest.runner import make_plan, replay, run_backtest
 from cmm.config import BacktestConfig, DataConfig, GridConfig, Instrument, LadderConfig
@@ -39,7 +38,7 @@ CFG = BacktestConfig(venue_entry_latency_ns=MS, venue_response_latency_ns=MS, ep
 def ev(kind: int, side: int, t_ms: float, px: float, qty: float) -> np.ndarray:
     e = np.zeros(1, event_dtype)
     e["ev"] = kind | side | EXCH_EVENT | LOCAL_EVENT
-    e["exch_ts"] = e["local_ts"] = int(t_ms * MS)
+    e["exch_ts"] = e["local_ts"] = round(t_ms * MS)
     e["px"], e["qty"] = px, qty
     return e
 
@@ -203,14 +202,15 @@ def test_inverse_known_answer_through_the_ladder():
     cfg = CFG.model_copy(update={"queue_model": "risk_adverse"})
     r = replay(np.concatenate(events), INVERSE, ts, np.zeros(n, np.int64), np.array([1100 * MS]),
                preds, ladder=ladder, config=cfg)
-    fills = r.fills[np.argsort(r.fills[:, E.FILL_TS])]
-    np.testing.assert_array_equal(fills[:, E.FILL_TS], [150 * MS, 350 * MS])
-    np.testing.assert_allclose(fills[:, E.FILL_PX], [50000.0, 50000.0])
-    np.testing.assert_allclose(fills[:, E.FILL_QTY], [10, 10])
-    np.testing.assert_allclose(r.records[:, E.REC_POSITION], [0, 10, 10, 20, 20, 20, 20, 20, 20, 20])
-    assert np.all(r.records[:, E.REC_QUOTE_BID] == 50000.0)
-    assert np.all(r.records[:, E.REC_QUOTE_ASK] == 50001.0)
-    ep = dict(zip(E.EP_COLUMNS, r.episodes[0]))
+    fills = r.fills.sort("exch_ts_ns")
+    assert fills["exch_ts_ns"].to_list() == [150 * MS, 350 * MS]
+    np.testing.assert_allclose(fills["price"], [50000.0, 50000.0])
+    np.testing.assert_allclose(fills["qty"], [10, 10])
+    rec = r.records
+    np.testing.assert_allclose(rec["position"], [0, 10, 10, 20, 20, 20, 20, 20, 20, 20])
+    assert rec["ts_ns"].to_list() == ts.tolist()  # acted at the decision times, no later
+    assert (rec["quote_bid"] == 50000.0).all() and (rec["quote_ask"] == 50001.0).all()
+    ep = r.episodes.row(0, named=True)
     # Long 20 contracts bought at 50000 (cost 2000/50000 = 0.04 BTC, rebate 0.00025 x 0.04),
     # closed at the bid 49999.5: PnL = 2000 x (1/50000 - 1/49999.5) BTC, taker fee 0.00075 x
     # 2000/49999.5.
@@ -221,7 +221,7 @@ def test_inverse_known_answer_through_the_ladder():
     expected = 2000 * (1 / 50000 - 1 / 49999.5) + 0.00025 * 0.04 - 0.00075 * close_value
     assert ep["pnl"] == pytest.approx(expected, rel=1e-9)
     # equity marked at the mid 50000.25 while long 20: 2000 x (1/50000 - 1/50000.25) + rebate
-    assert r.records[-1, E.REC_EQUITY] == pytest.approx(
+    assert rec["equity"][-1] == pytest.approx(
         2000 * (1 / 50000 - 1 / 50000.25) + 0.00025 * 0.04, rel=1e-9)
 
 
@@ -295,7 +295,7 @@ def test_plan_cuts_equal_whole_episodes():
 
 
 def test_unknown_policy_lists_valid_names():
-    with pytest.raises(UnknownNameError, match="valid: as, fixed, oracle"):
+    with pytest.raises(UnknownNameError, match=r"unknown policy 'llm-magic'; valid: as, .*fixed, .*oracle"):
         get_policy("llm-magic")
 
 
@@ -315,3 +315,24 @@ def test_partial_fill_exchange_bug_is_explained():
     cfg = CFG.model_copy(update={"exchange": "partial_fill", "queue_model": "risk_adverse"})
     with pytest.raises(CmmError, match="no_partial_fill"):
         run_backtest(ds, ConstantQuotes(100.0, 100.1, 0.01), config=cfg)
+
+
+def test_a_decision_sees_the_book_up_to_its_time_and_nothing_later():
+    # The book jumps 1 ns after the 100 ms decision (seen at 200 ms) and exactly at 300 ms
+    # (seen at 300 ms: events stamped at the decision time are known to it).
+    events = [*book(1, 99.9, 100.2, 5.0),
+              ev(DEPTH_EVENT, BUY_EVENT, 100 + 1e-6, 99.9, 0.0),
+              ev(DEPTH_EVENT, SELL_EVENT, 100 + 1e-6, 100.2, 0.0),
+              *book(100 + 1e-6, 100.9, 101.2, 5.0),
+              ev(DEPTH_EVENT, BUY_EVENT, 300, 100.9, 0.0),
+              ev(DEPTH_EVENT, SELL_EVENT, 300, 101.2, 0.0),
+              *book(300, 101.9, 102.2, 5.0),
+              *book(2500, 101.9, 102.2, 5.0)]
+    n = 4
+    preds = Predictions(np.zeros(n), np.full(n, 2.0), np.full(n, math.log1p(1.0)))
+    r = replay(np.concatenate(events), LINEAR, np.array([100, 200, 300, 400]) * MS,
+               np.zeros(n, np.int64), np.array([1000 * MS]), preds,
+               ladder=LadderConfig(levels=1), config=CFG)
+    np.testing.assert_allclose(r.records["best_bid"], [99.9, 100.9, 101.9, 101.9])
+    np.testing.assert_allclose(r.records["quote_bid"], [99.9, 100.9, 101.9, 101.9])
+    np.testing.assert_allclose(r.records["quote_ask"], [100.2, 101.2, 102.2, 102.2])

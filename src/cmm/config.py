@@ -189,7 +189,6 @@ class BacktestConfig(FrozenModel):
     skip_while_busy: bool = True
     # A resting order is kept (queue priority) while (1 - tol) * wanted <= its qty <= wanted.
     size_tolerance: float = Field(0.5, ge=0.0, le=1.0)
-    seed: int = 0
 
 
 class FixedSpreadConfig(FrozenModel):
@@ -218,3 +217,13 @@ class OracleConfig(FrozenModel):
     """Upper bound: the true future targets as predictions. Never a competitor."""
 
     latency_ns: int = Field(0, ge=0)
+
+
+class BacktestRunConfig(FrozenModel):
+    """``cmm backtest --config FILE``: the ladder, the replay, and per policy name its settings
+    (e.g. ``policies: {fixed: {spread_ticks: 3}, as: {gamma: 0.001}}``; each checked against
+    that policy's own settings model when it is built)."""
+
+    ladder: LadderConfig = LadderConfig()
+    backtest: BacktestConfig = BacktestConfig()
+    policies: dict[str, dict[str, Any]] = Field(default_factory=dict)

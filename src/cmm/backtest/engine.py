@@ -2,22 +2,27 @@
 
 For one session's events and a schedule of decisions grouped into episodes, the kernel
 
-1. elapses to each decision time (local clock), collects the fills since the last look and records
-   the state (book touch, episode position, equity marked at the mid, cash, fees);
+1. elapses to each decision time (local clock: the policy sees every event stamped up to that
+   time and nothing later), collects the fills since the last look and records the state (book
+   touch, episode position, equity marked at the mid, cash, fees);
 2. unless the policy is still busy with its previous decision (``skip_while_busy``), turns the
    policy's output into quotes (the ladder, or the policy's own quotes put on the grid) with the
    book and inventory it sees *now*, and reconciles them with its resting orders: an order whose
    price is still wanted and whose remaining size is within ``size_tolerance`` of the wanted size
    keeps its queue place, others are cancelled, missing levels are sent as post-only (GTX) limit
-   orders. hftbacktest delivers each request to the exchange after the constant entry latency,
-   which the runner sets to venue latency + the policy's own latency;
+   orders. hftbacktest delivers each request (new or cancel) to the exchange after the constant
+   entry latency, which the runner sets to venue latency + the policy's own latency;
 3. at each episode's end, cancels everything, waits until no order is live (so every fill of the
    episode is known), then closes the episode's position *by computation*: at the touch on the
    side that closes it (best bid for a long, best ask for a short) from the local book at that
-   moment, paying the taker fee on that value. The simulator itself is never sent the closing
-   order; the next episode starts flat because its position, cash and fees are measured from that
+   moment, paying the taker fee on that value. The simulator is never sent the closing order;
+   the next episode starts flat because its position, cash and fees are counted from that
    moment on (the simulator's position is an accounting offset, which hftbacktest does not
-   constrain).
+   constrain). Decision points that fall inside the close are recorded, not acted on.
+
+Accounting is ours, from the orders' executed quantities (every order is a post-only maker,
+filled at its price, charged the maker fee): hftbacktest 2.4.4's local state skips partial fills
+(nkaz001/hftbacktest#299). A fill record merges the executions of one order between two looks.
 
 Everything is float64 arrays so the kernel runs without Python objects; the column layouts are
 the ``REC_*``, ``FILL_*``, ``EP_*`` and ``ORD_*`` constants below. Times in them are nanoseconds
@@ -429,3 +434,43 @@ def bare_loop(hbt, dec_ts, half_spread_ticks, qty):
         hbt.submit_sell_order(0, oid + 1, ask, qty, GTX, LIMIT, False)
         oid += 2
     return oid
+
+
+_COMPILED = False
+
+
+def ensure_compiled() -> None:
+    """Compile :func:`replay_kernel` (tens of seconds, once per process) on a two-level book, so
+    that the wall time of a real replay measures the replay alone. numba cannot cache it on disk:
+    hftbacktest's objects are ctypes pointers."""
+    global _COMPILED
+    if _COMPILED:
+        return
+    from hftbacktest.types import (BUY_EVENT, DEPTH_EVENT, EXCH_EVENT, LOCAL_EVENT, SELL_EVENT,
+                                   TRADE_EVENT, event_dtype)
+
+    from cmm.strategy.ladder import ladder_params, trapezoid_weights
+    from cmm.config import LadderConfig
+
+    ev = np.zeros(4, event_dtype)
+    flags = EXCH_EVENT | LOCAL_EVENT
+    ev["ev"] = [DEPTH_EVENT | BUY_EVENT | flags, DEPTH_EVENT | SELL_EVENT | flags,
+                TRADE_EVENT | SELL_EVENT | flags, DEPTH_EVENT | BUY_EVENT | flags]
+    ev["exch_ts"] = ev["local_ts"] = [1_000_000, 1_000_000, 150_000_000, 900_000_000]
+    ev["px"] = [99.9, 100.2, 99.9, 99.9]
+    ev["qty"] = [1.0, 1.0, 0.5, 1.0]
+    inst = Instrument(tick_size=0.1, lot_size=0.001)
+    ladder = LadderConfig(levels=1)
+    hbt = build_backtest(ev, inst, BacktestConfig(), 0)
+    n = 2
+    try:
+        replay_kernel(hbt, np.int64(0), np.array([100_000_000, 200_000_000], np.int64),
+                      np.zeros(n, np.int64), np.array([500_000_000], np.int64), 0,
+                      np.zeros((n, 4)), np.zeros((n, 1)), np.zeros((n, 1)), np.zeros((n, 1)),
+                      np.zeros((n, 1)), ladder_params(ladder, inst), trapezoid_weights(1, 1, 1),
+                      np.int64(0), True, 0.5, np.int64(1_000_000), 0.0, 0.0,
+                      np.full((n, REC_SIZE), np.nan), np.zeros((64, FILL_SIZE)),
+                      np.zeros((1, EP_SIZE)), np.full((8, ORD_SIZE), np.nan))
+    finally:
+        hbt.close()
+    _COMPILED = True

@@ -77,14 +77,37 @@ def _take(output: Predictions | Quotes, rows: np.ndarray, n_rows: int):
     raise InputError("a policy must return Predictions or Quotes", got=type(output).__name__)
 
 
+_TIME_COLUMNS = {"ts_ns", "exch_ts_ns", "local_ts_ns", "start_ns", "end_ns", "close_ns",
+                 "submit_ns", "exch_ns"}
+_INT_COLUMNS = {"fills", "acted", "episode", "side", "order_id", "decisions", "complete",
+                "first_status"}
+
+
+def _frame(a: np.ndarray, columns: list[str], t0: int) -> pl.DataFrame:
+    """A kernel output matrix as a table: times back to exact int64 ns (the kernel keeps them
+    relative to ``t0``, exact in float64), counters and ids as int64 (-1 where unset)."""
+    data = {}
+    for i, c in enumerate(columns):
+        col = a[:, i]
+        if c in _TIME_COLUMNS:
+            data[c] = np.where(np.isnan(col), -1, np.nan_to_num(col).astype(np.int64) + t0)
+        elif c in _INT_COLUMNS:
+            data[c] = np.nan_to_num(col, nan=-1).astype(np.int64)
+        else:
+            data[c] = col
+    return pl.DataFrame(data, schema={c: (pl.Int64 if c in _TIME_COLUMNS | _INT_COLUMNS
+                                          else pl.Float64) for c in columns})
+
+
 @dataclass
 class Replay:
-    """Raw outputs of one replayed session; times are absolute ns (local clock unless named)."""
+    """Outputs of one replayed session (column meanings: :mod:`cmm.backtest.engine`); times in
+    ns on the local clock unless named ``exch``. ``episode`` numbers are this replay's own."""
 
-    records: np.ndarray  # (N, REC_SIZE)
-    fills: np.ndarray  # (F, FILL_SIZE)
-    episodes: np.ndarray  # (E, EP_SIZE)
-    orders: np.ndarray  # (O, ORD_SIZE), row i = order id i + 1
+    records: pl.DataFrame  # one row per decision
+    fills: pl.DataFrame  # one row per observed fill
+    episodes: pl.DataFrame  # one row per episode
+    orders: pl.DataFrame  # one row per order sent (order_id = row + 1)
     status: int
     wall_s: float
 
@@ -132,6 +155,7 @@ def replay(events: np.ndarray, instrument: Instrument, ts_ns: np.ndarray, episod
     poll_ns = max(1_000_000, config.venue_entry_latency_ns + latency_ns
                   + config.venue_response_latency_ns)
     events = np.ascontiguousarray(events)
+    E.ensure_compiled()
     hbt = E.build_backtest(events, instrument, config, latency_ns)
     start = time.perf_counter()
     try:
@@ -155,15 +179,12 @@ def replay(events: np.ndarray, instrument: Instrument, ts_ns: np.ndarray, episod
     if status not in (E.STATUS_OK, E.STATUS_END_OF_DATA):
         raise CmmError(f"hftbacktest stopped with error code {status} at decision "
                        f"{int(np.isnan(rec[:, E.REC_TS]).argmax())} of {n}")
-    fills = fills[:nf].copy()
-    ords = ords[1:n_orders].copy()
-    for a, cols in ((rec, [E.REC_TS]), (fills, [E.FILL_TS, E.FILL_LOCAL_TS]),
-                    (eps, [E.EP_START, E.EP_END, E.EP_CLOSE_TS]),
-                    (ords, [E.ORD_SUBMIT_TS, E.ORD_EXCH_TS])):
-        for c in cols:
-            a[:, c] += t0
-    return Replay(records=rec, fills=fills, episodes=eps, orders=ords, status=int(status),
-                  wall_s=wall)
+    return Replay(records=_frame(rec, E.REC_COLUMNS, t0),
+                  fills=_frame(fills[:nf], E.FILL_COLUMNS, t0),
+                  episodes=_frame(eps, E.EP_COLUMNS, t0),
+                  orders=_frame(ords[1:n_orders], E.ORD_COLUMNS, t0).with_columns(
+                      pl.Series("order_id", np.arange(1, n_orders, dtype=np.int64))),
+                  status=int(status), wall_s=wall)
 
 
 @dataclass
@@ -192,15 +213,6 @@ class BacktestResult:
         return "base" if self.instrument.inverse else "quote"
 
 
-def _frame(a: np.ndarray, columns: list[str], ints: tuple[str, ...], **extra) -> pl.DataFrame:
-    data = {c: a[:, i] for i, c in enumerate(columns)}
-    for c in ints:
-        if c in data:
-            data[c] = np.nan_to_num(data[c], nan=-1).astype(np.int64)
-    data.update(extra)
-    return pl.DataFrame(data)
-
-
 def run_backtest(ds: PreparedDataset, policy: Policy, split: str = "test", *,
                  ladder: LadderConfig | None = None, config: BacktestConfig | None = None,
                  plan: DecisionPlan | None = None) -> BacktestResult:
@@ -221,19 +233,13 @@ def run_backtest(ds: PreparedDataset, policy: Policy, split: str = "test", *,
                    output, latency_ns=policy.latency_ns, ladder=ladder, config=config,
                    rows=plan.rows[m], n_rows=plan.n_rows)
         wall += r.wall_s
-        recs.append(_frame(r.records, E.REC_COLUMNS, ("ts_ns", "fills", "acted", "episode"),
-                           session=np.full(len(r.records), sid), row=plan.rows[m]))
-        recs[-1] = recs[-1].with_columns(pl.col("episode") + int(ep_ids[0]))
-        f = _frame(r.fills, E.FILL_COLUMNS, ("exch_ts_ns", "local_ts_ns", "side", "episode",
-                                             "order_id"), session=np.full(len(r.fills), sid))
-        fills.append(f.with_columns(pl.col("episode") + int(ep_ids[0])))
-        e = _frame(r.episodes, E.EP_COLUMNS, ("start_ns", "end_ns", "close_ns", "fills",
-                                              "decisions", "complete"),
-                   episode=ep_ids, session=np.full(len(ep_ids), sid))
-        eps.append(e)
-        o = _frame(r.orders, E.ORD_COLUMNS, ("submit_ns", "exch_ns", "side", "episode",
-                                             "first_status"), session=np.full(len(r.orders), sid))
-        ords.append(o.with_columns(pl.col("episode") + int(ep_ids[0])))
+        shift = pl.col("episode") + int(ep_ids[0])  # this replay's episodes -> the plan's
+        recs.append(r.records.with_columns(shift, pl.lit(sid, dtype=pl.Int64).alias("session"),
+                                           pl.Series("row", plan.rows[m])))
+        fills.append(r.fills.with_columns(shift, pl.lit(sid, dtype=pl.Int64).alias("session")))
+        eps.append(r.episodes.with_columns(pl.Series("episode", ep_ids),
+                                           pl.lit(sid, dtype=pl.Int64).alias("session")))
+        ords.append(r.orders.with_columns(shift, pl.lit(sid, dtype=pl.Int64).alias("session")))
     settings = {"ladder": ladder.model_dump(), "backtest": config.model_dump(),
                 "policy": policy.describe(), "dataset_key": getattr(ds, "cache_key", None),
                 "split": split}

@@ -243,5 +243,5 @@ def get_policy(name: str, config: BaseModel | dict | None = None) -> Policy:
     if isinstance(config, dict):
         from cmm.config import validate_model
 
-        config = validate_model(cls.config_class, config, prefix=("policy", name))
+        config = validate_model(cls.config_class, config, prefix=("policies", name))
     return cls(config)
