@@ -97,8 +97,8 @@ def backtest(
         bt_cfg = bt_cfg.model_copy(update={"episode_s": episode_s})
     names = [n.strip() for n in policy.split(",") if n.strip()]
     if out is not None and len(names) > 1:
-        raise InputError("--out names one folder; give one policy, or leave --out out",
-                         field="--out", got=str(out))
+        raise InputError("--out names the folder of one policy; with several, leave it unset "
+                         "(each writes runs/backtest/<dataset>-<policy>)", field="--out", got=str(out))
     if latency_ms is not None and latency_ms < 0:
         raise InputError("latency must be >= 0", field="--latency-ms", got=latency_ms)
     policies = {}
