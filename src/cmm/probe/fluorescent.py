@@ -1,0 +1,246 @@
+"""The normalized fluorescent probe (method.md): light up one block at a time, watch which
+output glows.
+
+For block ``l`` of ``L``, Gaussian noise ``N(0, (alpha * s_l)^2)`` is added to the block's output
+at every position, ``s_l`` being that block's output RMS on the reference batch; ``R`` draws are
+averaged. The response of task ``k`` is
+
+    D[l, k] = E_x |y_k(x; noise at l) - y_k(x)| / std_x(y_k)
+
+(the mean over windows and draws, the std over the clean predictions of the same windows).
+Two normalisations: over layers per task, ``N[l, k] = D[l, k] / sum_l D[l, k]`` (tasks become
+comparable), then over tasks per layer, ``S[l, k] = N[l, k] / sum_k N[l, k]`` (rows sum to 1):
+the specialisation map. It is computed on all reference windows and per regime (the std and the
+expectation then run over that regime's windows). The ``L`` blocks are split into ``G``
+contiguous groups (``numpy.array_split``: shallow, middle, deep for G = 3); each task gets the
+group with the largest summed ``S``, distinct groups by the one-to-one assignment maximising
+the total when ``G >= K``.
+
+The subject is any model with ``blocks`` (a sequence of modules) and
+``block_outputs(x) -> (list of (B, P, d) block outputs, (B, K) predictions)``. When it also has
+``forward_from(l, h)`` (the teacher does), the perturbed pass restarts at block ``l`` from the
+cached clean output instead of recomputing the blocks below it; otherwise the noise is added by
+a forward hook on ``blocks[l]`` during a full pass. Both use the same noise draws.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from cmm.errors import InputError
+
+TASKS = ("mid", "spread", "volume")
+REGIMES = ("low", "mid", "high")
+PAPER_PATTERN = {"mid": 0, "spread": 1, "volume": 2}  # shallow, middle, deep (arXiv 2511.07110)
+
+
+def normalise(response: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(L, K) response -> (per-task over layers N, specialisation map S with rows summing to 1).
+    A column or row that is all zero stays zero."""
+    col = response.sum(axis=0, keepdims=True)
+    per_task = np.divide(response, col, out=np.zeros_like(response), where=col > 0)
+    row = per_task.sum(axis=1, keepdims=True)
+    spec = np.divide(per_task, row, out=np.zeros_like(per_task), where=row > 0)
+    return per_task, spec
+
+
+def layer_groups(num_blocks: int, groups: int) -> list[list[int]]:
+    if groups > num_blocks:
+        raise InputError("more layer groups than blocks", field="probe.groups",
+                         expected=f"<= {num_blocks}", got=groups)
+    return [g.tolist() for g in np.array_split(np.arange(num_blocks), groups)]
+
+
+def group_names(groups: int) -> list[str]:
+    return ["shallow", "middle", "deep"] if groups == 3 else [f"group{g}" for g in range(groups)]
+
+
+def assign_groups(spec: np.ndarray, groups: list[list[int]]) -> tuple[np.ndarray, list[int]]:
+    """Group scores (G, K) = summed S per group, and each task's group: one-to-one (maximum
+    total score, ties to the earlier permutation) when G >= K, else the best group per task."""
+    scores = np.stack([spec[g].sum(axis=0) for g in groups])  # (G, K)
+    G, K = scores.shape
+    if G < K:
+        return scores, scores.argmax(axis=0).tolist()
+    best, best_total = None, -np.inf
+    for perm in itertools.permutations(range(G), K):
+        total = sum(scores[g, k] for k, g in enumerate(perm))
+        if total > best_total + 1e-12:
+            best, best_total = list(perm), total
+    return scores, best
+
+
+class FluorescentProbe:
+    """Estimator: ``fit(subject, windows, regimes)`` sets ``block_rms_`` (L,), ``response_``
+    (L, K), ``task_norm_`` (L, K), ``map_`` (L, K), ``groups_``, ``group_scores_`` (G, K),
+    ``assignment_`` ({task: group}), and the same per regime in ``regimes_``."""
+
+    def __init__(self, alpha: float = 0.1, draws: int = 8, groups: int = 3,
+                 batch_size: int = 128, seed: int = 0, tasks: tuple[str, ...] = TASKS) -> None:
+        self.alpha = alpha
+        self.draws = draws
+        self.groups = groups
+        self.batch_size = batch_size
+        self.seed = seed
+        self.tasks = tuple(tasks)
+
+    # -- the two passes ------------------------------------------------------------------------
+    @torch.no_grad()
+    def _clean(self, subject, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        hs, y = subject.block_outputs(x)
+        return [h.detach() for h in hs], y.detach()
+
+    @torch.no_grad()
+    def _perturbed(self, subject, x: torch.Tensor, l: int, h: torch.Tensor,
+                   noise: torch.Tensor) -> torch.Tensor:
+        """(R * B, K) predictions with ``noise`` (R, B, P, d) added to block ``l``'s output."""
+        R = noise.shape[0]
+        if hasattr(subject, "forward_from"):
+            noisy = (h.unsqueeze(0) + noise).reshape(-1, *h.shape[1:])
+            return subject.forward_from(l, noisy)
+        flat = noise.reshape(-1, *h.shape[1:])
+
+        def hook(_module, _args, out):
+            if isinstance(out, tuple):
+                return (out[0] + flat,) + tuple(out[1:])
+            return out + flat
+
+        handle = subject.blocks[l].register_forward_hook(hook)
+        try:
+            _, y = subject.block_outputs(x.repeat(R, *([1] * (x.ndim - 1))))
+        finally:
+            handle.remove()
+        return y
+
+    def fit(self, subject, windows: np.ndarray | torch.Tensor, regimes: np.ndarray | None = None,
+            on_progress: Callable[[str, int, int], None] | None = None) -> FluorescentProbe:
+        if hasattr(subject, "eval"):
+            subject.eval()
+        x_all = torch.as_tensor(np.asarray(windows, np.float32))
+        try:
+            device = next(subject.parameters()).device
+        except (AttributeError, StopIteration):
+            device = torch.device("cpu")
+        n = len(x_all)
+        if n < 2:
+            raise InputError("the probe needs a reference batch of at least 2 windows",
+                             field="windows", expected=">= 2 windows", got=n)
+        L = len(subject.blocks)
+        batches = [slice(s, min(s + self.batch_size, n)) for s in range(0, n, self.batch_size)]
+        # Pass 1: clean predictions and each block's output RMS on the reference batch.
+        sq, count, y_clean = np.zeros(L), np.zeros(L), []
+        for sl in batches:
+            hs, y = self._clean(subject, x_all[sl].to(device))
+            for l, h in enumerate(hs):
+                sq[l] += float(h.double().pow(2).sum())
+                count[l] += h.numel()
+            y_clean.append(y.cpu().numpy().astype(np.float64))
+        self.block_rms_ = np.sqrt(sq / count)
+        y0 = np.concatenate(y_clean)  # (N, K)
+        K = y0.shape[1]
+        if K != len(self.tasks):
+            raise InputError("subject predicts another number of tasks", field="tasks",
+                             expected=str(len(self.tasks)), got=K)
+        # Pass 2: per window, block and task, the mean |change| over the R draws.
+        gen = torch.Generator().manual_seed(self.seed)
+        change = np.zeros((n, L, K))
+        total, done = len(batches) * L, 0
+        for sl in batches:
+            x = x_all[sl].to(device)
+            hs, _ = self._clean(subject, x)
+            base = torch.as_tensor(y0[sl], dtype=torch.float64)
+            for l in range(L):
+                h = hs[l]
+                noise = torch.randn((self.draws, *h.shape), generator=gen) * (
+                    self.alpha * self.block_rms_[l])
+                y = self._perturbed(subject, x, l, h, noise.to(h.dtype).to(device))
+                y = y.detach().cpu().double().reshape(self.draws, -1, K)
+                change[sl, l] = (y - base.unsqueeze(0)).abs().mean(dim=0).numpy()
+                done += 1
+                if on_progress:
+                    on_progress("probe", done, total)
+        self.change_ = change
+        self.y_clean_ = y0
+        self._summarise(regimes)
+        return self
+
+    # -- maps and assignment ---------------------------------------------------------------------
+    def _one_map(self, mask: np.ndarray) -> dict:
+        std = self.y_clean_[mask].std(axis=0)
+        mean_change = self.change_[mask].mean(axis=0)  # (L, K)
+        response = np.divide(mean_change, std[None, :], out=np.zeros_like(mean_change),
+                             where=std[None, :] > 0)
+        per_task, spec = normalise(response)
+        scores, assignment = assign_groups(spec, self.groups_)
+        return {"windows": int(mask.sum()), "y_std": std, "response": response,
+                "task_norm": per_task, "map": spec, "group_scores": scores,
+                "assignment": dict(zip(self.tasks, assignment, strict=True)),
+                "argmax_layer": dict(zip(self.tasks, response.argmax(axis=0).tolist(),
+                                         strict=True))}
+
+    def _summarise(self, regimes: np.ndarray | None) -> None:
+        L = self.change_.shape[1]
+        self.groups_ = layer_groups(L, self.groups)
+        overall = self._one_map(np.ones(len(self.change_), bool))
+        self.response_ = overall["response"]
+        self.task_norm_ = overall["task_norm"]
+        self.map_ = overall["map"]
+        self.group_scores_ = overall["group_scores"]
+        self.assignment_ = overall["assignment"]
+        self.argmax_layer_ = overall["argmax_layer"]
+        self.regimes_: dict[str, dict] = {}
+        if regimes is not None:
+            regimes = np.asarray(regimes)
+            for r, name in enumerate(REGIMES):
+                mask = regimes == r
+                if mask.sum() >= 2:
+                    self.regimes_[name] = self._one_map(mask)
+
+    def paper_pattern(self) -> dict:
+        """Whether the assignment is the paper's: shallow -> mid, middle -> spread, deep -> volume
+        (defined for G = 3 and the three tasks only)."""
+        self._check_fitted()
+        if self.groups != 3 or self.tasks != TASKS:
+            return {"applicable": False, "holds": None}
+        names = group_names(3)
+        out = {"applicable": True,
+               "expected": {t: names[g] for t, g in PAPER_PATTERN.items()},
+               "found": {t: names[g] for t, g in self.assignment_.items()},
+               "per_task": {t: self.assignment_[t] == g for t, g in PAPER_PATTERN.items()}}
+        out["holds"] = all(out["per_task"].values())
+        out["per_regime"] = {r: all(m["assignment"][t] == g for t, g in PAPER_PATTERN.items())
+                             for r, m in self.regimes_.items()}
+        return out
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "map_"):
+            raise RuntimeError("FluorescentProbe is not fitted; call fit(subject, windows) first")
+
+    def to_dict(self) -> dict:
+        """Everything as JSON-able data: settings, RMS, responses, maps, groups, assignments."""
+        self._check_fitted()
+        names = group_names(self.groups)
+
+        def pack(m: dict) -> dict:
+            return {"windows": m["windows"], "y_std": m["y_std"].tolist(),
+                    "response": m["response"].tolist(), "task_norm": m["task_norm"].tolist(),
+                    "map": m["map"].tolist(), "group_scores": m["group_scores"].tolist(),
+                    "assignment": {t: names[g] for t, g in m["assignment"].items()},
+                    "assignment_index": m["assignment"], "argmax_layer": m["argmax_layer"]}
+
+        overall = self._one_map(np.ones(len(self.change_), bool))
+        return {
+            "settings": {"alpha": self.alpha, "draws": self.draws, "groups": self.groups,
+                         "seed": self.seed, "windows": len(self.change_)},
+            "tasks": list(self.tasks),
+            "num_blocks": int(self.change_.shape[1]),
+            "block_rms": self.block_rms_.tolist(),
+            "groups": {names[i]: g for i, g in enumerate(self.groups_)},
+            "all": pack(overall),
+            "regimes": {r: pack(m) for r, m in self.regimes_.items()},
+            "paper_pattern": self.paper_pattern(),
+        }

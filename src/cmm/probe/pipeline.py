@@ -1,0 +1,59 @@
+"""The probe stage: a fitted teacher + its dataset -> ``probe.json`` and ``probe.png``.
+
+Reference windows: up to ``windows_per_regime`` per volatility regime, evenly spaced in time
+within the regime, from ``ProbeConfig.splits`` (train and validation by default; never test).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from cmm.config import ProbeConfig
+from cmm.io import sha256_file, write_json
+from cmm.probe.fluorescent import FluorescentProbe
+from cmm.probe.plot import plot_probe
+
+SCHEMA_VERSION = 1
+
+
+def reference_indices(regimes: np.ndarray, per_regime: int) -> np.ndarray:
+    """Up to ``per_regime`` indices per regime value, evenly spaced, in time order."""
+    picks = []
+    for r in np.unique(regimes):
+        idx = np.flatnonzero(regimes == r)
+        if len(idx) > per_regime:
+            idx = idx[np.linspace(0, len(idx) - 1, per_regime).round().astype(int)]
+        picks.append(idx)
+    return np.sort(np.concatenate(picks)) if picks else np.zeros(0, int)
+
+
+def run_probe(teacher_dir: str | Path, dataset, config: ProbeConfig, out_dir: str | Path,
+              device: str = "cpu", on_progress=None) -> dict:
+    from cmm.teacher.store import WEIGHTS_FILE, load_teacher, read_meta
+
+    t0 = time.perf_counter()
+    teacher_dir, out_dir = Path(teacher_dir), Path(out_dir)
+    model = load_teacher(teacher_dir, dataset, device=device)
+    regimes = np.concatenate([dataset.regimes(s) for s in config.splits])
+    idx = reference_indices(regimes, config.windows_per_regime)
+    windows = np.concatenate([dataset.windows(s) for s in config.splits])[idx]
+    probe = FluorescentProbe(alpha=config.alpha, draws=config.draws, groups=config.groups,
+                             batch_size=config.batch_size, seed=config.seed)
+    probe.fit(model, windows, regimes[idx], on_progress=on_progress)
+    result = probe.to_dict()
+    meta = read_meta(teacher_dir)
+    result.update({
+        "schema_version": SCHEMA_VERSION, "kind": "cmm.probe",
+        "config": config.model_dump(mode="json"), "dataset": dataset.name,
+        "data_cache_key": dataset.cache_key, "splits": list(config.splits),
+        "teacher": {"dir": str(teacher_dir), "backbone": meta["backbone"],
+                    "weights_sha256": sha256_file(teacher_dir / WEIGHTS_FILE)},
+        "seconds": time.perf_counter() - t0,
+    })
+    write_json(out_dir / "probe.json", result)
+    title = f"{meta['backbone']['name']} ({meta['backbone']['init']}) on {dataset.name}"
+    plot_probe(result, out_dir / "probe.png", title)
+    return result

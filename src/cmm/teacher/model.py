@@ -1,0 +1,229 @@
+"""The teacher: order-book window -> patches -> LLM backbone -> pooled state -> three heads.
+
+Read top to bottom: the patch adapter, the typed output, then the model. Shapes in comments:
+``B`` windows, ``W`` steps, ``F`` features, ``P`` patches, ``d`` backbone width, ``L`` blocks.
+
+The adapter follows GPT4TS (Zhou et al., 2023): the window is cut into patches along time, each
+patch is flattened and mapped by one linear layer to the backbone's width, and the sequence of
+patch vectors goes into the backbone as ``inputs_embeds`` (no tokenizer). Heads read the mean
+(or last) over positions of the backbone's final hidden state (after its final norm) and predict
+the standardised targets; ``predict`` returns them in the data's units.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from cmm.config import TeacherConfig
+from cmm.errors import InputError
+from cmm.teacher.backbone import Backbone
+
+TASKS = ("mid", "spread", "volume")
+
+
+class PatchAdapter(nn.Module):
+    """(B, W, F) windows -> (B, P, d) patch embeddings, P = 1 + (W - patch_len) // stride."""
+
+    def __init__(self, window: int, n_features: int, patch_len: int, stride: int, width: int,
+                 embed_rms: float = 1.0) -> None:
+        super().__init__()
+        if patch_len > window:
+            raise InputError("patch longer than the window", field="teacher.patch_len",
+                             expected=f"<= window ({window})", got=patch_len)
+        self.window, self.n_features = window, n_features
+        self.patch_len, self.stride = patch_len, stride
+        self.num_patches = 1 + (window - patch_len) // stride
+        self.proj = nn.Linear(patch_len * n_features, width)
+        # Inputs are standardised (unit variance): start the embeddings at the RMS of the
+        # backbone's own token embeddings, so the first block sees inputs of a familiar scale.
+        nn.init.normal_(self.proj.weight, std=embed_rms / (patch_len * n_features) ** 0.5)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 3 or x.shape[1] != self.window or x.shape[2] != self.n_features:
+            raise InputError("window batch of the wrong shape", field="windows",
+                             expected=f"(B, {self.window}, {self.n_features})",
+                             got=tuple(x.shape))
+        patches = x.unfold(1, self.patch_len, self.stride)  # (B, P, F, patch_len)
+        patches = patches.transpose(2, 3).reshape(x.shape[0], self.num_patches, -1)
+        return self.proj(patches)  # (B, P, d)
+
+
+def _make_head(width: int, hidden: int) -> nn.Module:
+    if hidden == 0:
+        return nn.Linear(width, 1)
+    return nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, 1))
+
+
+@dataclass
+class TeacherOutput:
+    """``y``: (B, 3) standardised predictions (mid, spread, volume). ``hidden``: (B, L, d) the
+    pooled output of every block, when asked for."""
+
+    y: torch.Tensor
+    hidden: torch.Tensor | None = None
+
+
+class _Replay(nn.Module):
+    """Stands in for a block during ``forward_from``: returns a given tensor, or its input."""
+
+    def __init__(self, value: torch.Tensor | None, as_tuple: bool) -> None:
+        super().__init__()
+        self.value, self.as_tuple = value, as_tuple
+
+    def forward(self, hidden_states, *args, **kwargs):
+        out = hidden_states if self.value is None else self.value
+        return (out,) if self.as_tuple else out
+
+
+class TeacherModel(nn.Module):
+    def __init__(self, backbone: Backbone, window: int, n_features: int,
+                 config: TeacherConfig, target_mean=None, target_std=None) -> None:
+        super().__init__()
+        self.config = config
+        self.backbone_info = backbone.describe()
+        self.body = backbone.body
+        self.blocks = backbone.blocks
+        embed = backbone.lm.get_input_embeddings()
+        embed_rms = float(embed.weight.detach().pow(2).mean().sqrt()) if embed is not None else 1.0
+        self.adapter = PatchAdapter(window, n_features, config.patch_len, config.patch_stride,
+                                    backbone.width, embed_rms)
+        self.heads = nn.ModuleList(_make_head(backbone.width, config.head_hidden) for _ in TASKS)
+        mean = torch.zeros(len(TASKS)) if target_mean is None else torch.as_tensor(target_mean)
+        std = torch.ones(len(TASKS)) if target_std is None else torch.as_tensor(target_std)
+        self.register_buffer("target_mean", mean.float().clone())
+        self.register_buffer("target_std", std.float().clone())
+        self._block_returns_tuple: bool | None = None
+
+    # -- shapes --------------------------------------------------------------------------------
+    @property
+    def num_blocks(self) -> int:
+        return len(self.blocks)
+
+    @property
+    def num_patches(self) -> int:
+        return self.adapter.num_patches
+
+    @property
+    def width(self) -> int:
+        return int(self.backbone_info["width"])
+
+    # -- forward -------------------------------------------------------------------------------
+    def _pool(self, h: torch.Tensor) -> torch.Tensor:  # (B, P, d) -> (B, d)
+        return h[:, -1] if self.config.pooling == "last" else h.mean(dim=1)
+
+    def _read_out(self, last: torch.Tensor) -> torch.Tensor:  # (B, P, d) -> (B, 3)
+        pooled = self._pool(last)
+        return torch.cat([head(pooled) for head in self.heads], dim=-1)
+
+    @contextlib.contextmanager
+    def record_blocks(self) -> Iterator[list[torch.Tensor]]:
+        """Collect every block's output tokens (B, P, d), in order, during the forward passes
+        run inside the block."""
+        outputs: list[torch.Tensor] = []
+
+        def hook(_module, _args, out):
+            if self._block_returns_tuple is None:
+                self._block_returns_tuple = isinstance(out, tuple)
+            outputs.append(out[0] if isinstance(out, tuple) else out)
+
+        handles = [b.register_forward_hook(hook) for b in self.blocks]
+        try:
+            yield outputs
+        finally:
+            for h in handles:
+                h.remove()
+
+    def forward(self, x: torch.Tensor, hidden: bool = False) -> TeacherOutput:
+        embeds = self.adapter(x)  # (B, P, d)
+        if not hidden:
+            last = self.body(inputs_embeds=embeds, use_cache=False).last_hidden_state
+            return TeacherOutput(self._read_out(last))
+        with self.record_blocks() as blocks:
+            last = self.body(inputs_embeds=embeds, use_cache=False).last_hidden_state
+        pooled = torch.stack([self._pool(h) for h in blocks], dim=1)  # (B, L, d)
+        return TeacherOutput(self._read_out(last), pooled)
+
+    def block_outputs(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Every block's output tokens [(B, P, d)] * L and the standardised predictions (B, 3)."""
+        with self.record_blocks() as blocks:
+            last = self.body(inputs_embeds=self.adapter(x), use_cache=False).last_hidden_state
+        return list(blocks), self._read_out(last)
+
+    def forward_from(self, block: int, h: torch.Tensor) -> torch.Tensor:
+        """Predictions (B, 3) when block ``block`` outputs ``h`` (B, P, d): the blocks before
+        and at ``block`` are skipped (replayed), the rest run as usual. What the probe uses to
+        perturb one block without recomputing the ones below it."""
+        if self._block_returns_tuple is None:
+            with torch.no_grad(), self.record_blocks():
+                self.body(inputs_embeds=h[:1], use_cache=False)
+        saved = [self.blocks[i] for i in range(block + 1)]
+        try:
+            for i in range(block):
+                self.blocks[i] = _Replay(None, self._block_returns_tuple)
+            self.blocks[block] = _Replay(h, self._block_returns_tuple)
+            last = self.body(inputs_embeds=torch.zeros_like(h), use_cache=False).last_hidden_state
+        finally:
+            for i, module in enumerate(saved):
+                self.blocks[i] = module
+        return self._read_out(last)
+
+    def to_units(self, y: torch.Tensor) -> torch.Tensor:
+        """Standardised predictions -> the data's units (bps, ticks, log1p volume)."""
+        return y * self.target_std + self.target_mean
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        return self.to_units(self.forward(x).y)
+
+    # -- which parameters train -----------------------------------------------------------------
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        """The fitted part of the model (adapter, heads, target scaling, tuned norms or LoRA):
+        everything that is not the backbone's frozen weights."""
+        names = {n for n, p in self.named_parameters() if p.requires_grad}
+        state = self.state_dict()
+        return {k: v.detach().clone() for k, v in state.items()
+                if k in names or k.startswith(("adapter.", "heads.", "target_"))}
+
+
+def _is_norm(module: nn.Module) -> bool:
+    name = type(module).__name__.lower()
+    return isinstance(module, nn.LayerNorm) or "rmsnorm" in name or "layernorm" in name
+
+
+def build_teacher(backbone: Backbone, window: int, n_features: int, config: TeacherConfig,
+                  target_mean=None, target_std=None) -> TeacherModel:
+    """A teacher whose trainable parameters are set by ``config.finetune``: the adapter and
+    heads always; plus the backbone's norm layers (``layernorm``) or LoRA adapters injected
+    with peft into ``config.lora_targets`` (``lora``). The rest of the backbone is frozen."""
+    for p in backbone.lm.parameters():
+        p.requires_grad_(False)
+    if config.finetune == "lora":
+        try:
+            from peft import LoraConfig, inject_adapter_in_model
+        except ImportError:  # pragma: no cover - peft is a dependency
+            raise InputError("LoRA needs the peft package", field="teacher.finetune",
+                             expected="peft installed (pip install peft)", got="lora") from None
+        lora = LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha,
+                          target_modules=list(config.lora_targets), lora_dropout=0.0)
+        try:
+            inject_adapter_in_model(lora, backbone.body)
+        except ValueError as exc:
+            raise InputError(f"LoRA target modules not found in the backbone ({exc})",
+                             field="teacher.lora_targets", expected="module names such as "
+                             "q_proj, v_proj (Llama) or c_attn (GPT-2)",
+                             got=list(config.lora_targets)) from None
+        for name, p in backbone.body.named_parameters():
+            p.requires_grad_("lora_" in name)
+    elif config.finetune == "layernorm":
+        for module in backbone.body.modules():
+            if _is_norm(module):
+                for p in module.parameters(recurse=False):
+                    p.requires_grad_(True)
+    model = TeacherModel(backbone, window, n_features, config, target_mean, target_std)
+    return model
