@@ -297,3 +297,109 @@ class BacktestRunConfig(FrozenModel):
     ladder: LadderConfig = LadderConfig()
     backtest: BacktestConfig = BacktestConfig()
     policies: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+
+# --- OFDD students, Hajek-MoE, distillation baselines (method.md: OFDD, Hajek-MoE, Baselines) ---
+
+TaskName = Literal["mid", "spread", "volume"]
+
+
+class ExpertConfig(FrozenModel):
+    """One student network: the window's last ``input_steps`` steps (0: all), flattened ->
+    ``hidden`` -> ``z_dim`` (the hidden vector ``z`` that the projection ``P`` and the mixture
+    read) -> one output per task it predicts. Architectures are registered by name."""
+
+    arch: str = "mlp"
+    input_steps: int = Field(0, ge=0)
+    hidden: PositiveInt = 32
+    z_dim: PositiveInt = 16
+    activation: Literal["relu", "tanh", "gelu"] = "relu"
+
+
+class StudentTrainConfig(FrozenModel):
+    """Fit of one student: AdamW on minibatches, early stopping on its own stopping set."""
+
+    epochs: PositiveInt = 60
+    batch_size: PositiveInt = 128
+    lr: float = Field(3e-4, gt=0.0)  # AdamW, every student (they overfit within epochs)
+    weight_decay: float = Field(1e-3, ge=0.0)
+    patience: PositiveInt = 6  # epochs without improvement of the stopping loss
+    early_stopping_on: Literal["objective", "truth"] = "objective"
+    seed: int = 0
+
+
+class ExpertGridConfig(FrozenModel):
+    """Which experts CMM trains: one per (task, regime[, group]). ``groups``: ``probe`` gives
+    each task the probe's layer group; ``all`` trains one expert per layer group per task."""
+
+    tasks: tuple[TaskName, ...] = ("mid", "spread", "volume")
+    regimes: tuple[int, ...] = (0, 1, 2)
+    groups: Literal["probe", "all"] = "probe"
+
+
+class DistillConfig(FrozenModel):
+    """OFDD: loss ``lambda_feature * ||P(z) - hbar_G(x)||^2 + lambda_logit * (y_hat - y^T)^2 +
+    lambda_truth * (y_hat - y)^2`` per expert, on its regime's training samples (samples of
+    adjacent regimes weighted by ``neighbour_weight``).
+
+    Early stopping: on the validation samples of the expert's regime when there are at least
+    ``min_validation_samples`` of them; otherwise on the chronological last ``holdout_fraction``
+    of the regime's own training samples (held out from its fit). High-volatility sessions can
+    leave a regime absent from validation; its expert then never sees a validation sample."""
+
+    expert: ExpertConfig = ExpertConfig()
+    train: StudentTrainConfig = StudentTrainConfig()
+    grid: ExpertGridConfig = ExpertGridConfig()
+    lambda_feature: float = Field(1.0, ge=0.0)
+    lambda_logit: float = Field(1.0, ge=0.0)
+    lambda_truth: float = Field(1.0, ge=0.0)
+    # Task -> layer group name (shallow/middle/deep or groupN); None: read from probe.json.
+    assignment: dict[TaskName, str] | None = None
+    neighbour_weight: float = Field(0.0, ge=0.0, le=1.0)
+    min_validation_samples: PositiveInt = 200
+    holdout_fraction: float = Field(0.15, gt=0.0, lt=1.0)
+    # What else to train beside CMM (each with about CMM's total parameter count).
+    baselines: tuple[Literal["kd", "fitnets", "multitask", "truth"], ...] = (
+        "kd", "fitnets", "multitask", "truth")
+    ablations: tuple[Literal["no_layer", "no_task", "no_data"], ...] = (
+        "no_layer", "no_task", "no_data")
+    fitnets_layer: int | None = Field(None, ge=0)  # None: the middle block
+    match_parameters: bool = True
+    executor: Literal["process", "serial"] = "process"
+    max_workers: PositiveInt = 2
+    threads_per_worker: PositiveInt = 1
+
+
+class MoEConfig(FrozenModel):
+    """Hajek-MoE per task: kernel ``phi`` (two-layer MLP, ``[z; y_hat]`` -> ``dim``), consensus
+    ``V = mean phi``, confidence ``c = <phi, V> / ||V||``, weights ``softmax(c / temperature)``.
+    Gates are fitted on the validation split (the last ``holdout_fraction`` of it, in time, for
+    early stopping) with the experts frozen."""
+
+    kernel_hidden: PositiveInt = 16
+    dim: PositiveInt = 2  # D
+    activation: Literal["relu", "tanh", "gelu"] = "tanh"
+    temperature: PositiveFloat = 1.0
+    router_hidden: int = Field(0, ge=0)  # input router control: 0 = linear
+    gates: tuple[Literal["hajek", "mean", "router", "regime"], ...] = (
+        "hajek", "mean", "router", "regime")
+    epochs: PositiveInt = 300
+    batch_size: int = Field(256, ge=0)  # 0: full batch
+    lr: PositiveFloat = 3e-3
+    weight_decay: float = Field(1e-4, ge=0.0)
+    patience: PositiveInt = 30
+    holdout_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+    seed: int = 0
+    latency_repeats: int = Field(2000, ge=1000)  # batch-1 decisions timed for the artefact
+    latency_warmup: PositiveInt = 200
+
+
+class CmmPolicyConfig(FrozenModel):
+    """The ``cmm`` policy: a saved CMM artefact's predictions through the ladder. ``latency_ns``
+    None: the Quoter's measured one-thread p50 decision time stored in the artefact
+    (``remeasure``: time it again on this machine when the policy is fitted)."""
+
+    artefact: str = "runs/binance-usdm-btcusdt/distill/cmm"  # `cmm moe` writes it here
+    gate: Literal["hajek", "mean", "router", "regime"] = "hajek"
+    latency_ns: int | None = Field(None, ge=0)
+    remeasure: bool = False

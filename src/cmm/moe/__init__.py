@@ -1,0 +1,12 @@
+"""Hajek-MoE and the decision path (method.md, "Hajek-MoE").
+
+Stage ``cmm moe``: per task, gates over the frozen experts fitted on validation; each variant
+saved as a mixture (safetensors + JSON); the :class:`Quoter` runs the CMM live, one window in,
+predictions, weights and ladder orders out, with no torch. Modules: ``gates``, ``mixture``
+(torch form and gate fitting), ``fused`` (numpy form), ``artefact`` (save/load), ``quoter``,
+``latency``, ``policy`` (the ``cmm`` backtest policy), ``pipeline`` (the stage).
+"""
+
+from cmm.moe.quoter import Decision, Quoter
+
+__all__ = ["Decision", "Quoter"]

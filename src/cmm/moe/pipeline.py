@@ -1,0 +1,193 @@
+"""The mixture stage: fitted experts -> gates fitted on validation -> saved mixtures, the
+Quoter's latency, and the table of every variant's per-target error.
+
+Inputs (checked): the experts artefact of ``cmm distill`` (refused if made from other data) and
+the prepared dataset. For every variant (CMM, each ablation, each baseline) the gates are fitted
+on the validation split with the experts frozen (Hajek-MoE and the controls for variants with
+more than one expert per task; a single student needs no gate). Each variant is saved as its
+own mixture folder ``<out>/<variant>/`` (``mixture.json`` + ``mixture.safetensors``); the CMM
+one, ``<out>/cmm/``, is what the Quoter and the ``cmm`` policy load. Its one-thread, batch-1
+decision latency is measured in a fresh process and stored in its ``mixture.json``.
+
+Report: ``evaluation.json`` and ``evaluation.md``: per variant and gate, MSE (target units) and
+R^2 of each target on validation (where gates are fitted, so their rows are in-sample for the
+gate parameters) and on test (never used for any fit), beside the teacher and the train mean.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cmm.config import MoEConfig
+from cmm.distill.pipeline import read_experts
+from cmm.distill.students import TASKS
+from cmm.distill.train import load_student
+from cmm.io import atomic_path, write_json
+from cmm.moe.artefact import META_FILE, save_mixture
+from cmm.moe.latency import measure_in_subprocess
+from cmm.moe.mixture import MixtureModel, fit_gates
+
+SPLITS = ("validation", "test")
+
+
+def target_metrics(pred: np.ndarray, y: np.ndarray) -> dict[str, dict[str, float | None]]:
+    """Per task: MSE in the target's units and R^2 against the split's own mean."""
+    out = {}
+    for k, task in enumerate(TASKS):
+        err = np.asarray(pred[:, k], np.float64) - y[:, k]
+        sst = float(((y[:, k] - y[:, k].mean()) ** 2).sum())
+        out[task] = {"mse": float((err ** 2).mean()),
+                     "r2": 1.0 - float((err ** 2).sum()) / sst if sst > 0 else None}
+    return out
+
+
+def build_mixture(meta: dict, specs, states, variant) -> MixtureModel:
+    window, n_features = meta["data"]["window"], meta["data"]["n_features"]
+    students = [load_student(s, states[s.name], window, n_features) for s in variant.students]
+    return MixtureModel(variant.students, students, variant.routes, meta["y_mean"],
+                        meta["y_std"])
+
+
+def _teacher_predictions(meta: dict, dataset) -> dict[str, np.ndarray]:
+    from cmm.teacher.features import load_features
+
+    out = {}
+    for split in SPLITS:
+        try:
+            out[split] = load_features(meta["teacher"]["dir"], split, dataset).pred
+        except Exception:  # noqa: BLE001 - the teacher row is optional in the report
+            continue
+    return out
+
+
+def run_moe(dataset, experts_dir: str | Path, config: MoEConfig, out_dir: str | Path | None = None,
+            measure_latency: bool = True, on_progress=None) -> dict:
+    t0 = time.perf_counter()
+    experts_dir = Path(experts_dir)
+    out_dir = Path(out_dir) if out_dir is not None else experts_dir
+    meta, specs, states, variants = read_experts(experts_dir, dataset)
+    torch.manual_seed(config.seed)
+    data = {s: (dataset.windows(s), dataset.targets(s), np.asarray(dataset.regimes(s)))
+            for s in SPLITS}
+    rows: list[dict] = []
+    train_mean = np.asarray(meta["y_mean"])
+    for split in SPLITS:
+        y = data[split][1]
+        rows.append({"model": "train-mean", "variant": "reference", "gate": "", "split": split,
+                     "parameters": 0, "metrics": target_metrics(np.tile(train_mean,
+                                                                        (len(y), 1)), y)})
+    for split, pred in _teacher_predictions(meta, dataset).items():
+        rows.append({"model": "teacher", "variant": "reference", "gate": "", "split": split,
+                     "parameters": None, "metrics": target_metrics(pred, data[split][1])})
+    mixtures: dict[str, dict] = {}
+    for i, variant in enumerate(variants):
+        if on_progress:
+            on_progress("moe", i, len(variants))
+        model = build_mixture(meta, specs, states, variant)
+        multi = any(len(r) > 1 for r in model.routes.values())
+        gates = tuple(config.gates) if multi else ("mean",)
+        model.add_gates(gates, config)
+        x_val, y_val, r_val = data["validation"]
+        fit_record = fit_gates(model, x_val, y_val, r_val, config) if multi else {}
+        params = sum(p.numel() for p in model.students.parameters())
+        for gate in gates:
+            for split in SPLITS:
+                x, y, r = data[split]
+                pred, weights = model.predict(x, r, gate)
+                full = np.full((len(x), len(TASKS)), np.nan)
+                full[:, [TASKS.index(t) for t in model.tasks]] = pred
+                gate_params = sum(p.numel() for k, g in model.gates.items()
+                                  if k.endswith("/" + gate) for p in g.parameters())
+                rows.append({"model": variant.name if not multi else f"{variant.name} ({gate})",
+                             "variant": variant.name, "kind": variant.kind,
+                             "gate": gate if multi else "", "split": split,
+                             "parameters": params, "gate_parameters": gate_params,
+                             "metrics": target_metrics(full, y),
+                             "mean_weights": {t: w.mean(axis=0).round(4).tolist()
+                                              for t, w in weights.items()}})
+        folder = out_dir / variant.name
+        mix_meta = {"variant": variant.name, "variant_kind": variant.kind,
+                    "data": {**meta["data"], "instrument": _instrument(dataset)},
+                    "teacher": meta["teacher"], "groups": meta["groups"],
+                    "assignment": meta["assignment"],
+                    "settings": {"distill": meta["settings"],
+                                 "moe": config.model_dump(mode="json")},
+                    "parameters": {"experts": params, "gates": {
+                        g: sum(p.numel() for k, m in model.gates.items() if k.endswith("/" + g)
+                               for p in m.parameters()) for g in gates}},
+                    "gate_fit": fit_record}
+        save_mixture(folder, model, mix_meta)
+        mixtures[variant.name] = {"folder": str(folder), "gates": list(gates),
+                                  "parameters": params}
+    latency = None
+    if measure_latency and "cmm" in mixtures:
+        folder = Path(mixtures["cmm"]["folder"])
+        latency = measure_in_subprocess(folder, data["validation"][0], config.latency_repeats,
+                                        config.latency_warmup)
+        import json
+
+        mix = json.loads((folder / META_FILE).read_text())
+        mix["latency"] = latency
+        write_json(folder / META_FILE, mix)
+    report = {"schema_version": 1, "kind": "cmm.moe.evaluation", "dataset": dataset.name,
+              "data_cache_key": dataset.cache_key, "experts_dir": str(experts_dir),
+              "settings": config.model_dump(mode="json"), "rows": rows, "mixtures": mixtures,
+              "parameters": meta["parameters"], "latency": latency,
+              "regime_counts": {s: np.bincount(data[s][2].astype(int), minlength=3).tolist()
+                                for s in SPLITS},
+              "stop_sources": {s["name"]: s["record"]["stop_source"] for s in meta["students"]},
+              "seconds": time.perf_counter() - t0}
+    write_json(out_dir / "evaluation.json", report)
+    with atomic_path(out_dir / "evaluation.md") as tmp:
+        tmp.write_text(evaluation_table(report))
+    return report
+
+
+def _instrument(dataset) -> dict:
+    inst = getattr(dataset, "instrument", None)
+    if inst is None and hasattr(dataset, "spec"):
+        inst = dataset.spec.instrument
+    if inst is None:  # in-memory datasets (tests): a unit tick and lot
+        return {"tick_size": 1.0, "lot_size": 1.0}
+    return inst.model_dump(mode="json")
+
+
+def evaluation_table(report: dict) -> str:
+    """Markdown: one row per model, MSE and R^2 per target on validation and test."""
+    by_model: dict[str, dict] = {}
+    order = {"reference": 0, "cmm": 1, "baseline": 2, "ablation": 3}
+    rows = sorted(report["rows"], key=lambda r: order.get(r.get("kind", r["variant"]), 4))
+    for r in rows:
+        by_model.setdefault(r["model"], {"parameters": r.get("parameters"),
+                                         "gate_parameters": r.get("gate_parameters")})
+        by_model[r["model"]][r["split"]] = r["metrics"]
+    head = ("| model | params | " + " | ".join(
+        f"{s[:3]} MSE {t} | {s[:3]} R2 {t}" for s in SPLITS for t in TASKS) + " |\n")
+    head += "|" + "---|" * (2 + 2 * len(SPLITS) * len(TASKS)) + "\n"
+    lines = []
+    for name, m in by_model.items():
+        p = m["parameters"]
+        cells = [name, "" if p is None else (f"{p}+{m['gate_parameters']}"
+                                             if m.get("gate_parameters") else str(p))]
+        for s in SPLITS:
+            for t in TASKS:
+                met = m.get(s, {}).get(t)
+                if met is None:
+                    cells += ["", ""]
+                    continue
+                cells += [f"{met['mse']:.4g}", "" if met["r2"] is None else f"{met['r2']:.3f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    counts = report.get("regime_counts", {})
+    note = (f"\nRegime counts (low, mid, high): " +
+            ", ".join(f"{s} {c}" for s, c in counts.items()) +
+            ". Gates are fitted on validation: their validation rows are in-sample for the "
+            "gate parameters; test is never used for fitting.\n")
+    lat = report.get("latency")
+    if lat:
+        note += (f"\nCMM decision latency (Quoter.decide, batch 1, one thread): p50 "
+                 f"{lat['p50']:.1f} us, p99 {lat['p99']:.1f} us over {lat['n']} decisions.\n")
+    return head + "\n".join(lines) + "\n" + note
