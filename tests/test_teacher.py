@@ -107,10 +107,12 @@ def test_trainable_parts(finetune):
 
 
 def test_fit_learns_and_early_stopping_keeps_best(dataset):
-    result = fit_teacher(dataset, tiny_config(epochs=6, lr=3e-3, patience=2))
+    result = fit_teacher(dataset, tiny_config(epochs=6, lr=3e-3, patience=2,
+                                              head_init_windows=0))
     history = result.history
-    assert history and result.best["val_loss"] == min(h["val_loss"] for h in history)
-    assert result.best["val_loss"] < history[0]["val_loss"] or len(history) == 1
+    assert history[0]["step"] == 0  # the starting point is a checkpoint
+    assert result.best["val_loss"] == min(h["val_loss"] for h in history)
+    assert result.best["val_loss"] < history[0]["val_loss"]
     assert result.stopped_by in ("epochs", "early_stopping")
     pred, _ = predict_windows(result.model, dataset.windows("validation"))
     y = (dataset.targets("validation") - result.model.target_mean.numpy()) / \
@@ -119,9 +121,18 @@ def test_fit_learns_and_early_stopping_keeps_best(dataset):
     assert val == pytest.approx(result.best["val_loss"], rel=1e-4)
 
 
+def test_linear_probe_warm_start_beats_random_heads(dataset):
+    probe = fit_teacher(dataset, tiny_config(epochs=1, max_train_seconds=1e-9, seed=3))
+    cold = fit_teacher(dataset, tiny_config(epochs=1, max_train_seconds=1e-9, seed=3,
+                                            head_init_windows=0))
+    assert probe.head_init["head_init"] == "ridge" and len(probe.head_init["alpha"]) == 3
+    assert probe.history[0]["val_loss"] < cold.history[0]["val_loss"]
+    assert not torch.allclose(probe.model.feat_std, torch.ones_like(probe.model.feat_std))
+
+
 def test_time_budget_stops_fit(dataset):
     result = fit_teacher(dataset, tiny_config(epochs=50, max_train_seconds=1e-9, patience=50))
-    assert result.stopped_by == "time_budget" and len(result.history) == 1
+    assert result.stopped_by == "time_budget" and len(result.history) == 2  # start + 1 step
 
 
 def test_run_fit_writes_self_describing_folder(fitted, dataset):
@@ -226,3 +237,23 @@ def test_cuda_request_without_gpu_is_a_clear_error(dataset):
         pytest.skip("a GPU is present")
     with pytest.raises(InputError, match="CUDA requested"):
         fit_teacher(dataset, tiny_config(device="cuda"))
+
+
+def test_teacher_policy_quotes_its_predictions_with_its_latency(fitted, dataset):
+    import cmm.teacher.policy  # noqa: F401  (registers "teacher")
+    from cmm.strategy.policy import DecisionPlan, get_policy
+
+    out, _ = fitted
+    policy = get_policy("teacher", {"teacher": str(out)}).fit(dataset)
+    latency = json.loads((out / "latency.json").read_text())["one_thread"]["p50"]
+    assert policy.latency_ns == int(round(latency * 1e6)) > 0
+    n = len(dataset.windows("test"))
+    z = np.zeros(n, np.int64)
+    plan = DecisionPlan("test", n, np.arange(n), z, z, z, z[:1], z[:1], z[:1])
+    pred = policy.act(dataset, "test", plan)
+    model = load_teacher(out, dataset)
+    with torch.no_grad():
+        direct = model.predict(torch.from_numpy(dataset.windows("test"))).numpy()
+    assert np.allclose(pred.mid_bps, direct[:, 0], atol=1e-4)
+    assert get_policy("teacher", {"teacher": str(out), "latency_ns": 5}).fit(dataset) \
+        .latency_ns == 5

@@ -177,6 +177,9 @@ class TeacherConfig(FrozenModel):
     # SmolLM2 that carries no signal (ridge R^2 on mid 0.05 with "last", 0.00 with "mean")
     pooling: Literal["mean", "last"] = "last"
     head_hidden: int = Field(0, ge=0)  # 0: linear heads; >0: one hidden layer of this width
+    # Linear-probe warm start before fine-tuning: ridge heads on the pooled final state of this
+    # many training windows (evenly spaced); 0: random heads
+    head_init_windows: int = Field(1024, ge=0)
     finetune: Literal["none", "layernorm", "lora"] = "none"  # adapter + heads are always fitted
     lora_rank: PositiveInt = 8
     lora_alpha: PositiveFloat = 16.0
@@ -184,7 +187,7 @@ class TeacherConfig(FrozenModel):
     # training
     epochs: PositiveInt = 2
     batch_size: PositiveInt = 32
-    lr: PositiveFloat = 1e-3
+    lr: PositiveFloat = 3e-4  # small: fine-tuning starts from the linear-probe heads
     weight_decay: float = Field(0.01, ge=0.0)
     patience: PositiveInt = 3  # validation checks without improvement before stopping
     evals_per_epoch: PositiveInt = 2  # validation checks per epoch (early stopping granularity)
@@ -212,7 +215,8 @@ class ProbeConfig(FrozenModel):
     alpha: PositiveFloat = 0.1
     draws: PositiveInt = 8
     groups: PositiveInt = 3  # contiguous layer groups: shallow, middle, deep
-    windows_per_regime: PositiveInt = 64  # reference windows drawn per regime
+    windows_per_regime: PositiveInt = 32  # reference windows drawn per regime (SmolLM2 on 2
+    # CPU cores: 96 windows x 30 blocks x 8 draws take about 5-10 minutes)
     # where reference windows come from (never test); both, because a chronological validation
     # split often holds few windows of some regime
     splits: tuple[Literal["train", "validation"], ...] = ("train", "validation")
@@ -403,3 +407,15 @@ class CmmPolicyConfig(FrozenModel):
     gate: Literal["hajek", "mean", "router", "regime"] = "hajek"
     latency_ns: int | None = Field(None, ge=0)
     remeasure: bool = False
+
+
+class TeacherPolicyConfig(FrozenModel):
+    """The ``teacher`` policy for ``cmm backtest``: the fitted teacher's predictions through the
+    ladder, charged with its measured batch-1 decision time (``latency.json``, p50 of the
+    chosen thread setting) unless ``latency_ns`` is given."""
+
+    teacher: str = "runs/binance-usdm-btcusdt/teacher"  # `cmm teacher fit` writes it here
+    latency: Literal["one_thread", "all_threads"] = "one_thread"  # as the cmm policy's Quoter
+    latency_ns: int | None = Field(None, ge=0)
+    device: Literal["cpu", "cuda"] = "cpu"
+    batch_size: PositiveInt = 256

@@ -186,26 +186,45 @@ def _load_hf(name: str) -> tuple[nn.Module, str]:
     return lm, name
 
 
+def _config_only(name: str, cache_dir: Path | None):
+    from transformers import AutoConfig
+
+    if name == SMOLLM2_NAME:
+        folder = cache_dir or _gguf_cache_dir(smollm2_gguf_path())
+        if not (folder / "config.json").is_file():
+            _load_smollm2(cache_dir)  # converts and caches the GGUF once
+        return AutoConfig.from_pretrained(folder)
+    try:
+        return AutoConfig.from_pretrained(name)
+    except (OSError, ValueError):
+        _load_hf(name)  # raises the explanatory error
+        raise
+
+
 def load_backbone(config: BackboneConfig | None = None, *, cache_dir: Path | None = None
                   ) -> Backbone:
     """Load the backbone ``config`` names; ``init="random"`` redraws its weights (same config)."""
     from transformers import AutoModelForCausalLM
 
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # cmm draws its own progress; keep logs readable
     config = config or BackboneConfig()
     t0 = time.perf_counter()
     if config.name == TINY_NAME:
         torch.manual_seed(config.seed)
         lm = AutoModelForCausalLM.from_config(tiny_llama_config(config.tiny_layers))
         source = "random"
+    elif config.init == "random":
+        # The control needs the architecture only: a config, never the pretrained weights.
+        lm_config = _config_only(config.name, cache_dir)
+        torch.manual_seed(config.seed)
+        lm = AutoModelForCausalLM.from_config(lm_config, dtype=torch.float32)
+        source = "random"
+    elif config.name == SMOLLM2_NAME:
+        lm, source = _load_smollm2(cache_dir)
     else:
-        if config.name == SMOLLM2_NAME:
-            lm, source = _load_smollm2(cache_dir)
-        else:
-            lm, source = _load_hf(config.name)
-        if config.init == "random":
-            torch.manual_seed(config.seed)
-            lm = AutoModelForCausalLM.from_config(lm.config)
-            source = "random"
+        lm, source = _load_hf(config.name)
     lm = lm.float().eval()
     lm.config.use_cache = False
     body, blocks = _body_and_blocks(lm)

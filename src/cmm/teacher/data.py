@@ -36,8 +36,6 @@ class ArrayDataset:
 
     def __init__(self, arrays: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
                  name: str = "arrays", horizon: int = 10) -> None:
-        import polars as pl
-
         for split in SPLITS:
             if split not in arrays:
                 raise InputError("split missing", field=split, expected=", ".join(SPLITS))
@@ -49,14 +47,24 @@ class ArrayDataset:
         self.config = DataConfig(features=FeatureConfig(window=w.shape[1], horizon=horizon))
         self.cache_key = stable_hash({s: [float(a[0].sum()), a[0].shape, float(a[1].sum())]
                                       for s, a in self.arrays.items()})
-        rows, sample = [], 0
-        for split in SPLITS:
-            y = self.arrays[split][1]
-            for i in range(len(y)):
-                rows.append((sample, 0, sample, split, *map(float, y[i])))
-                sample += 1
-        self.samples = pl.DataFrame(rows, schema=["sample", "session", "step", "split", "y_mid",
-                                                  "y_spread", "y_volume"], orient="row")
+        self._samples = None
+
+    @property
+    def samples(self):
+        """One row per window (one session, consecutive steps), as the data layer's frame."""
+        import polars as pl
+
+        if self._samples is None:
+            rows, sample = [], 0
+            for split in SPLITS:
+                y = self.arrays[split][1]
+                for i in range(len(y)):
+                    rows.append((sample, 0, sample, split, *map(float, y[i])))
+                    sample += 1
+            self._samples = pl.DataFrame(rows, schema=["sample", "session", "step", "split",
+                                                       "y_mid", "y_spread", "y_volume"],
+                                         orient="row")
+        return self._samples
 
     def windows(self, split: str) -> np.ndarray:
         return self.arrays[split][0]

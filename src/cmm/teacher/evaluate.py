@@ -135,8 +135,6 @@ def baseline_predictions(dataset, ridge_alphas: tuple[float, ...]) -> tuple[dict
 def evaluate_teacher(model, dataset, ridge_alphas: tuple[float, ...] = (0.1, 1.0, 10.0, 100.0),
                      batch_size: int = 256, on_progress=None, baselines=None) -> dict:
     """Teacher and baselines on validation and test: ``{split: {model: metrics}}``."""
-    import torch
-
     from cmm.teacher.fit import _noop, predict_windows
 
     on_progress = on_progress or _noop
@@ -149,7 +147,7 @@ def evaluate_teacher(model, dataset, ridge_alphas: tuple[float, ...] = (0.1, 1.0
         report["windows"][split] = len(y)
         p_std, _ = predict_windows(model, dataset.windows(split), batch_size,
                                    on_progress=on_progress, stage=f"evaluate {split}")
-        pred = model.to_units(torch.from_numpy(p_std)).numpy()
+        pred = model.to_units_np(p_std)
         report["models"].setdefault("teacher", {})[split] = regression_metrics(pred, y)
         for name, p in preds[split].items():
             report["models"].setdefault(name, {})[split] = regression_metrics(p, y)

@@ -67,7 +67,7 @@ def extract_features(model: TeacherModel, dataset: TeacherDataset, teacher_dir: 
         windows = dataset.windows(split)
         pred_std, hidden = predict_windows(model, windows, batch_size, hidden=True,
                                            on_progress=on_progress, stage=f"features {split}")
-        pred = model.to_units(torch.from_numpy(pred_std)).numpy().astype(np.float32)
+        pred = model.to_units_np(pred_std)
         tensors = {
             "hidden": torch.from_numpy(hidden),
             "pred": torch.from_numpy(pred),

@@ -73,6 +73,43 @@ def predict_windows(model: TeacherModel, windows: np.ndarray, batch_size: int = 
     return preds, feats
 
 
+@torch.inference_mode()
+def _pooled(model: TeacherModel, windows: np.ndarray, batch_size: int) -> np.ndarray:
+    out = []
+    device = next(model.adapter.parameters()).device
+    for start in range(0, len(windows), batch_size):
+        x = torch.from_numpy(np.ascontiguousarray(windows[start:start + batch_size])).to(device)
+        out.append(model._pool(model.final_state(x)).double().cpu().numpy())
+    return np.concatenate(out)
+
+
+def init_heads(model: TeacherModel, x_train: np.ndarray, y_train: np.ndarray,
+               x_val: np.ndarray, y_val: np.ndarray, alphas: tuple[float, ...],
+               batch_size: int) -> dict:
+    """Linear-probe warm start (LP-FT, Kumar et al. 2022): standardise the pooled final state
+    with statistics of ``x_train`` and set each linear head to the ridge solution on it, the
+    penalty chosen on ``(x_val, y_val)``. Targets are standardised. Returns what was chosen."""
+    from cmm.teacher.evaluate import RidgeBaseline
+
+    model.eval()
+    f_train = _pooled(model, x_train, batch_size)
+    mean, std = f_train.mean(axis=0), f_train.std(axis=0) + 1e-6
+    model.feat_mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
+    model.feat_std.copy_(torch.as_tensor(std, dtype=torch.float32))
+    if model.config.head_hidden:
+        return {"head_init": "standardisation only (heads with a hidden layer)"}
+    f_val = _pooled(model, x_val, batch_size)
+    ridge = RidgeBaseline(alphas).fit(((f_train - mean) / std)[:, None], y_train,
+                                      ((f_val - mean) / std)[:, None], y_val)
+    with torch.no_grad():
+        for k, head in enumerate(model.heads):
+            head.weight.copy_(torch.as_tensor(ridge.coef_[:, k], dtype=torch.float32)[None])
+            head.bias.copy_(torch.tensor([ridge.y_mean_[k] - float(
+                (ridge.x_mean_ @ ridge.coef_[:, k]))], dtype=torch.float32))
+    return {"head_init": "ridge", "windows": len(x_train),
+            "alpha": ridge.alpha_, "val_mse_std": ridge.val_mse_}
+
+
 @dataclass
 class FitResult:
     model: TeacherModel
@@ -84,6 +121,7 @@ class FitResult:
     peak_memory_mib: float = 0.0
     train_windows: int = 0
     trainable_parameters: int = 0
+    head_init: dict = field(default_factory=dict)
 
 
 def fit_teacher(dataset: TeacherDataset, config: TeacherConfig | None = None,
@@ -143,6 +181,21 @@ def fit_teacher(dataset: TeacherDataset, config: TeacherConfig | None = None,
         pred, _ = predict_windows(model, x_val, config.infer_batch_size)
         per_task = ((pred - y_val) ** 2).mean(axis=0)
         return float((per_task * weights.cpu().numpy()).sum()), per_task.tolist()
+
+    if config.head_init_windows:
+        pick = np.linspace(0, len(x_train_all) - 1,
+                           min(config.head_init_windows, len(x_train_all))).round().astype(int)
+        result.head_init = init_heads(model, x_train_all[pick], y_train_std[pick], x_val, y_val,
+                                      config.ridge_alphas, config.infer_batch_size)
+        result.head_init["seconds"] = time.perf_counter() - t_train
+        on_progress("fit", 0, total_steps)
+    # The starting point is a checkpoint too: fine-tuning must beat it to replace it.
+    val_loss, val_tasks = validate()
+    best_loss, best_state = val_loss, model.trainable_state()
+    result.best = {"step": 0, "epoch": 0.0, "train_loss": None, "val_loss": val_loss,
+                   "val_mse_std": dict(zip(("mid", "spread", "volume"), val_tasks, strict=True)),
+                   "seconds": time.perf_counter() - t_train}
+    result.history.append(result.best)
 
     stop = None
     running, running_n = 0.0, 0

@@ -16,6 +16,7 @@ import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -98,6 +99,11 @@ class TeacherModel(nn.Module):
         std = torch.ones(len(TASKS)) if target_std is None else torch.as_tensor(target_std)
         self.register_buffer("target_mean", mean.float().clone())
         self.register_buffer("target_std", std.float().clone())
+        # Per-dimension standardisation of the pooled state before the heads, set from training
+        # windows by the fit (``fit.init_heads``): LLM hidden states have a few dimensions
+        # thousands of times larger than the rest.
+        self.register_buffer("feat_mean", torch.zeros(backbone.width))
+        self.register_buffer("feat_std", torch.ones(backbone.width))
         self._block_returns_tuple: bool | None = None
 
     # -- shapes --------------------------------------------------------------------------------
@@ -117,9 +123,17 @@ class TeacherModel(nn.Module):
     def _pool(self, h: torch.Tensor) -> torch.Tensor:  # (B, P, d) -> (B, d)
         return h[:, -1] if self.config.pooling == "last" else h.mean(dim=1)
 
+    def pooled_final(self, last: torch.Tensor) -> torch.Tensor:  # (B, P, d) -> (B, d)
+        """What the heads read: the pooled final state, standardised per dimension."""
+        return (self._pool(last) - self.feat_mean) / self.feat_std
+
     def _read_out(self, last: torch.Tensor) -> torch.Tensor:  # (B, P, d) -> (B, 3)
-        pooled = self._pool(last)
+        pooled = self.pooled_final(last)
         return torch.cat([head(pooled) for head in self.heads], dim=-1)
+
+    def final_state(self, x: torch.Tensor) -> torch.Tensor:
+        """The backbone's final hidden state (B, P, d) for windows x."""
+        return self.body(inputs_embeds=self.adapter(x), use_cache=False).last_hidden_state
 
     @contextlib.contextmanager
     def record_blocks(self) -> Iterator[list[torch.Tensor]]:
@@ -177,6 +191,12 @@ class TeacherModel(nn.Module):
         """Standardised predictions -> the data's units (bps, ticks, log1p volume)."""
         return y * self.target_std + self.target_mean
 
+    def to_units_np(self, y: np.ndarray) -> np.ndarray:
+        """``to_units`` for a numpy array (N, 3), wherever the model lives."""
+        std = self.target_std.detach().cpu().numpy()
+        mean = self.target_mean.detach().cpu().numpy()
+        return (np.asarray(y, np.float64) * std + mean).astype(np.float32)
+
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         return self.to_units(self.forward(x).y)
@@ -188,7 +208,7 @@ class TeacherModel(nn.Module):
         names = {n for n, p in self.named_parameters() if p.requires_grad}
         state = self.state_dict()
         return {k: v.detach().clone() for k, v in state.items()
-                if k in names or k.startswith(("adapter.", "heads.", "target_"))}
+                if k in names or k.startswith(("adapter.", "heads.", "target_", "feat_"))}
 
 
 def _is_norm(module: nn.Module) -> bool:
