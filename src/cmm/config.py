@@ -409,6 +409,117 @@ class CmmPolicyConfig(FrozenModel):
     remeasure: bool = False
 
 
+# --- RL market-making baselines (method.md: Baselines; issue 7) ----------------------------------
+
+
+class RLEnvConfig(FrozenModel):
+    """The training environment (:mod:`cmm.rl.env`): observation, action grid and reward.
+
+    Observation: the scaled window summarised as its last step's features and its mean over the
+    window (``2F`` values, clipped to ``+-obs_clip``), then ``q/Q`` and the fraction of the
+    episode left. Action: a half-spread (ticks), a shift of the quote centre (ticks, + = up) and
+    a size multiplier of the training median volume signal, fed to the trapezoidal ladder as
+    predictions (its inventory skew and size scaling stay on). Reward per decision: change of
+    equity marked at the mid (fees, and the episode-end close at the touch with the taker fee,
+    included) minus ``inventory_penalty * (q/Q)^2``, times ``reward_scale``."""
+
+    half_spreads_ticks: tuple[float, ...] = (1.0, 2.0, 3.0, 5.0)
+    shifts_ticks: tuple[float, ...] = (-2.0, -1.0, 0.0, 1.0, 2.0)
+    size_multipliers: tuple[float, ...] = (0.5, 1.0, 2.0)
+    # continuous actions (PPO with action_space: continuous): [-1, 1]^3 mapped onto these ranges
+    half_spread_range_ticks: tuple[float, float] = (1.0, 8.0)  # log-uniform
+    shift_range_ticks: float = Field(3.0, ge=0.0)  # +-
+    size_range: tuple[float, float] = (0.25, 4.0)  # log-uniform
+    volume_quantile: float = Field(0.5, ge=0.0, le=1.0)  # of training y_volume: size multiplier 1
+    inventory_penalty: float = Field(0.02, ge=0.0)  # quote currency per decision at |q| = Q
+    reward_scale: float = Field(1.0, gt=0.0)
+    obs_clip: float = Field(10.0, gt=0.0)
+
+
+class PPOConfig(FrozenModel):
+    """stable-baselines3 PPO hyper-parameters (the library's names)."""
+
+    action_space: Literal["discrete", "continuous"] = "discrete"  # MultiDiscrete grid or Box(3)
+    total_timesteps: PositiveInt = 400_000  # default budget (RLConfig.total_timesteps overrides)
+    n_envs: PositiveInt = 4
+    n_steps: PositiveInt = 512  # per env per update
+    batch_size: PositiveInt = 256
+    n_epochs: PositiveInt = 5
+    learning_rate: PositiveFloat = 3e-4
+    gamma: float = Field(0.99, gt=0.0, le=1.0)
+    gae_lambda: float = Field(0.95, gt=0.0, le=1.0)
+    clip_range: PositiveFloat = 0.2
+    ent_coef: float = Field(0.01, ge=0.0)
+    vf_coef: float = Field(0.5, ge=0.0)
+    max_grad_norm: PositiveFloat = 0.5
+
+
+class DQNConfig(FrozenModel):
+    """stable-baselines3 DQN hyper-parameters (the library's names)."""
+
+    total_timesteps: PositiveInt = 200_000  # default budget (RLConfig.total_timesteps overrides)
+    learning_rate: PositiveFloat = 5e-4
+    buffer_size: PositiveInt = 100_000
+    learning_starts: int = Field(5_000, ge=0)
+    batch_size: PositiveInt = 128
+    train_freq: PositiveInt = 4
+    gradient_steps: PositiveInt = 1
+    target_update_interval: PositiveInt = 2_000
+    gamma: float = Field(0.99, gt=0.0, le=1.0)
+    exploration_fraction: float = Field(0.3, gt=0.0, le=1.0)
+    exploration_initial_eps: float = Field(1.0, ge=0.0, le=1.0)
+    exploration_final_eps: float = Field(0.05, ge=0.0, le=1.0)
+    max_grad_norm: PositiveFloat = 10.0
+
+
+class RLConfig(FrozenModel):
+    """``cmm rl train``: one agent (PPO or DQN) trained on the training split, the checkpoint
+    with the best validation EPnL (in the environment) kept. ``ladder`` and ``backtest`` are
+    the settings the environment imitates and the ``rl`` policy replays with; keep them equal to
+    those ``cmm backtest`` runs with.
+
+    Defaults keep one training run under 10 minutes on 2 shared CPU cores (see the README of
+    :mod:`cmm.rl`); ``max_train_seconds`` is a hard stop (the best checkpoint so far is kept,
+    and the run is then no longer reproducible from the seed alone)."""
+
+    algo: Literal["ppo", "dqn"] = "ppo"
+    env: RLEnvConfig = RLEnvConfig()
+    ladder: LadderConfig = LadderConfig()
+    backtest: BacktestConfig = BacktestConfig()
+    ppo: PPOConfig = PPOConfig()
+    dqn: DQNConfig = DQNConfig()
+    net_arch: tuple[PositiveInt, ...] = (64, 64)
+    activation: Literal["tanh", "relu"] = "tanh"
+    total_timesteps: PositiveInt | None = None  # None: the algorithm's own default budget
+    eval_every: PositiveInt = 20_000  # env steps between validation checks (and at the end)
+    eval_episodes: int = Field(0, ge=0)  # validation episodes per check; 0: all of them
+    max_train_seconds: float = Field(540.0, ge=0.0)  # 0: no limit
+    seed: int = 0
+    threads: PositiveInt = 1  # torch threads while training
+    latency_repeats: PositiveInt = 500  # batch-1 decisions timed for the artefact
+    latency_warmup: PositiveInt = 50
+
+    @property
+    def timesteps(self) -> int:
+        if self.total_timesteps is not None:
+            return self.total_timesteps
+        return (self.ppo if self.algo == "ppo" else self.dqn).total_timesteps
+
+
+class RLPolicyConfig(FrozenModel):
+    """The ``rl`` policy (and its ``ppo`` / ``dqn`` aliases) for ``cmm backtest``: a saved agent
+    replayed closed-loop. ``artefact`` None: ``runs/<dataset>/rl/<algo>``. ``latency_ns`` None:
+    the agent's measured batch-1 p50 decision time stored in the artefact. ``max_passes``: replays
+    of the fixed-point iteration that feeds the agent the inventory the replay produced."""
+
+    algo: Literal["ppo", "dqn"] = "ppo"
+    artefact: str | None = None
+    latency_ns: int | None = Field(None, ge=0)
+    closed_loop: bool = True
+    max_passes: PositiveInt = 100
+
+
+
 class TeacherPolicyConfig(FrozenModel):
     """The ``teacher`` policy for ``cmm backtest``: the fitted teacher's predictions through the
     ladder, charged with its measured batch-1 decision time (``latency.json``, p50 of the
