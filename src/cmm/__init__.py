@@ -11,3 +11,12 @@ _os.environ.setdefault("HF_HUB_OFFLINE", "1")
 _os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # `cmm.Quoter` without paying numba's import cost on every `import cmm`.
+    if name == "Quoter":
+        from cmm.moe import Quoter
+
+        return Quoter
+    raise AttributeError(f"module 'cmm' has no attribute {name!r}")
