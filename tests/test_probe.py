@@ -98,6 +98,7 @@ def test_probe_finds_the_block_each_task_depends_on(taps):
         assert m["assignment"] == expected
     pattern = probe.paper_pattern()
     assert pattern["holds"] == (taps == (0, 2, 4))
+    assert probe.stability(resamples=20)["same_assignment"] == 1.0
     json.dumps(probe.to_dict())
 
 

@@ -191,7 +191,7 @@ class TeacherConfig(FrozenModel):
     weight_decay: float = Field(0.01, ge=0.0)
     patience: PositiveInt = 3  # validation checks without improvement before stopping
     evals_per_epoch: PositiveInt = 2  # validation checks per epoch (early stopping granularity)
-    max_train_seconds: float = Field(330.0, ge=0.0)  # 0: no limit; else stop, keep the best
+    max_train_seconds: float = Field(300.0, ge=0.0)  # 0: no limit; else stop, keep the best
     # Epoch e reads every train_stride-th window from offset e % train_stride: neighbouring
     # windows share W - 1 of W steps, so this costs 1/stride of an epoch and loses little.
     train_stride: PositiveInt = 2
@@ -204,7 +204,7 @@ class TeacherConfig(FrozenModel):
     ridge_alpha: PositiveFloat = 1.0  # baseline ridge on flattened windows (chosen on validation)
     ridge_alphas: tuple[float, ...] = (0.1, 1.0, 10.0, 100.0, 1000.0)
     infer_batch_size: PositiveInt = 256  # feature extraction and evaluation
-    latency_repeats: PositiveInt = 200  # batch-1 decisions timed per thread setting
+    latency_repeats: PositiveInt = 100  # batch-1 decisions timed per thread setting
     latency_warmup: PositiveInt = 10
 
 

@@ -196,6 +196,10 @@ def probe(
     console.print(f"assignment: {result['all']['assignment']}")
     for regime, m in result["regimes"].items():
         console.print(f"  {regime} volatility ({m['windows']} windows): {m['assignment']}")
+    stab = result["stability"]
+    console.print(f"bootstrap over windows: whole assignment reproduced in "
+                  f"{stab['same_assignment']:.0%} of {stab['resamples']} resamples; per task "
+                  + ", ".join(f"{t} {v:.0%}" for t, v in stab["same_group"].items()))
     if pattern.get("applicable"):
         verdict = "holds" if pattern["holds"] else "does not hold"
         console.print(f"paper's pattern (shallow->mid, middle->spread, deep->volume): {verdict}")
