@@ -318,6 +318,7 @@ def test_closed_loop_policy_acts_on_the_inventory_the_replay_saw(ds, tiny_agents
 
 
 def test_open_loop_policy_sees_a_flat_inventory(ds, tiny_agents):
+    import cmm.rl.policy  # noqa: F401  registers rl, ppo, dqn (the CLI declares them lazily)
     from cmm.backtest.runner import make_plan
     from cmm.strategy.policy import get_policy
 
@@ -332,6 +333,7 @@ def test_open_loop_policy_sees_a_flat_inventory(ds, tiny_agents):
 
 
 def test_unfitted_policy_is_explained(ds):
+    import cmm.rl.policy  # noqa: F401
     from cmm.backtest.runner import make_plan
     from cmm.strategy.policy import get_policy
 

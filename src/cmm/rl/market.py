@@ -97,13 +97,6 @@ class Market:
     def n_rows(self) -> int:
         return len(self.row_ts_ns)
 
-    def row_mid(self) -> np.ndarray:
-        out = np.empty(self.n_rows)
-        for sid, book in self.sessions.items():
-            m = self.row_session == sid
-            out[m] = book.mid[self.row_step[m]]
-        return out
-
     def step_at(self, session: int, ts_ns: int) -> int:
         """Index of the session's step at time ``ts_ns`` (which must lie on its grid)."""
         book = self.sessions[session]
