@@ -6,7 +6,7 @@ PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-DATASET ?= binance-usdm-btcusdt
+DEMO_CONFIG ?= configs/default.yaml
 
 .PHONY: install demo test test-fast bench clean
 
@@ -22,9 +22,9 @@ $(STAMP): $(BIN)/python pyproject.toml
 
 install: $(STAMP)
 
+# The whole method on the default dataset at demo size: runs/demo/report.html (configs/default.yaml).
 demo: install
-	HF_HUB_OFFLINE=1 $(BIN)/cmm data prepare $(DATASET)
-	HF_HUB_OFFLINE=1 $(BIN)/cmm data inspect $(DATASET) --out runs/demo
+	HF_HUB_OFFLINE=1 $(BIN)/cmm run $(DEMO_CONFIG)
 
 # pytest exits 5 when it collected nothing: say so, and fail.
 test: install

@@ -519,6 +519,81 @@ class RLPolicyConfig(FrozenModel):
     max_passes: PositiveInt = 100
 
 
+# --- The end-to-end run and its report (`cmm run CONFIG`) ---------------------------------------
+
+
+class FlashCrashConfig(FrozenModel):
+    """A synthetic flash crash injected into every test episode, on the event arrays: from
+    ``start_fraction`` of the episode the whole book (top ``depth_levels`` per side, re-posted
+    every ``step_ms``) and every trade price are shifted down linearly to ``-drop_pct`` percent
+    over ``fall_s``, held for ``hold_s``, and shifted back over ``recover_s``."""
+
+    drop_pct: float = Field(3.0, gt=0.0, lt=50.0)
+    fall_s: float = Field(3.0, gt=0.0)
+    hold_s: float = Field(2.0, ge=0.0)
+    recover_s: float = Field(10.0, gt=0.0)
+    start_fraction: float = Field(0.3, ge=0.0, lt=1.0)
+    step_ms: PositiveInt | None = None  # None: the grid's step
+    depth_levels: PositiveInt = 50
+
+
+class RobustnessConfig(FrozenModel):
+    """Robustness rows: the most volatile ``volatile_fraction`` of test episodes (by the realised
+    volatility of the mid over the episode), and every test episode with a flash crash (None:
+    no crash rows). ``crash_policies`` None: every policy of the main table."""
+
+    volatile_fraction: float = Field(1.0 / 3.0, gt=0.0, le=1.0)
+    flash_crash: FlashCrashConfig | None = FlashCrashConfig()
+    crash_policies: tuple[str, ...] | None = None
+
+
+class ControlsConfig(FrozenModel):
+    """The pretrained-vs-random-init backbone control: ``random_teacher`` fits the same teacher
+    on a randomly initialised backbone of the same shape (its prediction metrics and its quotes
+    are reported); ``random_distill`` also distils and mixes a CMM from it."""
+
+    random_teacher: bool = True
+    random_distill: bool = False
+
+
+class ReportConfig(FrozenModel):
+    """What the report shows. ``curve_policies`` None: the main table's policies."""
+
+    title: str = "Cooperative Market Making: results"
+    curve_policies: tuple[str, ...] | None = None
+    sample_episode: Literal["most_volatile", "first"] = "most_volatile"
+    dpi: PositiveInt = 90
+
+
+class RunConfig(FrozenModel):
+    """``cmm run CONFIG``: every stage for every dataset and seed, then the report.
+
+    ``datasets``: registered names or dataset YAML paths (relative to the config file).
+    ``seeds``: each seeds the teacher, the probe, the students, the gates and every learned
+    policy; results are reported as mean ± std over seeds and episodes. ``baselines``: rule-based
+    policies from the registry (``policy_settings`` gives their settings by name); ``rl``: RL
+    policies, reported when registered (skipped with a note otherwise)."""
+
+    name: str = Field("demo", pattern=r"^[A-Za-z0-9_.-]+$")
+    datasets: tuple[str, ...] = Field(("binance-usdm-btcusdt",), min_length=1)
+    seeds: tuple[int, ...] = Field((0,), min_length=1)
+    data: DataConfig = DataConfig()
+    teacher: TeacherConfig = TeacherConfig()
+    probe: ProbeConfig = ProbeConfig()
+    distill: DistillConfig = DistillConfig()
+    moe: MoEConfig = MoEConfig()
+    ladder: LadderConfig = LadderConfig()
+    backtest: BacktestConfig = BacktestConfig()
+    baselines: tuple[str, ...] = ("fixed", "as", "oracle")
+    rl: tuple[Literal["ppo", "dqn"], ...] = ()
+    # RLConfig fields for training each RL policy (its algo, seed, ladder and backtest settings
+    # are the run's)
+    rl_settings: dict[str, Any] = Field(default_factory=dict)
+    policy_settings: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    controls: ControlsConfig = ControlsConfig()
+    robustness: RobustnessConfig = RobustnessConfig()
+    report: ReportConfig = ReportConfig()
+
 
 class TeacherPolicyConfig(FrozenModel):
     """The ``teacher`` policy for ``cmm backtest``: the fitted teacher's predictions through the

@@ -22,7 +22,7 @@ def _register_all() -> None:
     from cmm.cli import data
 
     data.register(app)
-    for module in ("backtest", "teacher", "distill", "rl"):
+    for module in ("backtest", "teacher", "distill", "rl", "run"):
         try:
             mod = __import__(f"cmm.cli.{module}", fromlist=["register"])
         except ModuleNotFoundError as exc:

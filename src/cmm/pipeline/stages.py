@@ -1,0 +1,291 @@
+"""Stages that skip themselves when their artefact is already there, and a progress display.
+
+A stage owns one output folder. Its *key* hashes everything that determines its output: its
+kind, its settings and the keys of the stages it reads (so a change anywhere upstream reaches
+every stage below). When a stage finishes, :class:`StageRunner` writes ``stage.json`` into its
+folder *last* (atomically): the key, the inputs that made it, how long it took. A folder whose
+``stage.json`` holds the same key is complete and current, and the stage is skipped; any other
+folder (no ``stage.json``: interrupted; another key: stale) is removed and the stage runs
+again from scratch. The stages themselves write their files atomically, so an interruption at
+any moment leaves either a complete, marked folder or one that is redone.
+
+``CMM_STAGE_HOLD=<glob>:<seconds>`` (for tests of interruption) sleeps after a matching stage's
+work and before its ``stage.json`` is written: the widest window in which a kill leaves complete
+files without their completion mark.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from cmm.io import stable_hash, write_json
+
+MARKER = "stage.json"
+SCHEMA_VERSION = 1
+
+ProgressFn = Callable[[str, int, int], None]
+log = logging.getLogger("cmm.run")
+
+
+@dataclass
+class StageResult:
+    """What a finished (or skipped) stage left: its key, folder, time and what it reported."""
+
+    key: str
+    folder: Path
+    seconds: float
+    cached: bool
+    info: dict = field(default_factory=dict)
+
+
+def read_marker(folder: str | Path) -> dict | None:
+    path = Path(folder) / MARKER
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def stage_key(kind: str, inputs: dict) -> str:
+    return stable_hash({"stage": kind, "schema": SCHEMA_VERSION, "inputs": inputs})
+
+
+# ------------------------------------------------------------------------------ time estimates
+
+
+class Timings:
+    """Seconds each stage took last time, by ``kind`` and ``scope`` (e.g. the dataset), kept in
+    ``timings.json`` under the cache folder: the estimates of the progress display."""
+
+    # First-run figures of configs/default.yaml on 2 busy CPU cores, used until a stage has
+    # been timed on this machine once.
+    PRIORS = {"data": 20.0, "teacher": 240.0, "features": 140.0, "probe": 80.0,
+              "distill": 50.0, "moe": 10.0, "backtest": 3.0, "crash": 6.0, "report": 5.0,
+              "rl": 540.0}
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self.data: dict[str, float] = {}
+        if path is not None and path.is_file():
+            with contextlib.suppress(OSError, json.JSONDecodeError):
+                self.data = json.loads(path.read_text())
+
+    def estimate(self, kind: str, scope: str, prior: float | None = None) -> float | None:
+        for k in (f"{kind}|{scope}", kind):
+            if k in self.data:
+                return float(self.data[k])
+        return prior if prior is not None else self.PRIORS.get(kind)
+
+    def record(self, kind: str, scope: str, seconds: float) -> None:
+        self.data[f"{kind}|{scope}"] = round(seconds, 2)
+        self.data[kind] = round(seconds, 2)
+        if self.path is not None:
+            with contextlib.suppress(OSError):
+                write_json(self.path, self.data)
+
+
+# ---------------------------------------------------------------------------------- display
+
+
+class Display:
+    """One line per stage: a bar (the stage's own progress when it reports it, else time
+    against its estimate), elapsed time and time left; a total line on top whose time left is
+    the estimates of the stages still to run. Without a terminal: one plain line per stage."""
+
+    def __init__(self, enabled: bool = True) -> None:
+        from rich.console import Console
+
+        self.console = Console()
+        self.live = enabled and self.console.is_terminal
+        self.progress = None
+        self._pending: dict[str, float] = {}
+        self._current: tuple[float, float] | None = None  # (start, estimate) of the running stage
+
+    def __enter__(self) -> Display:
+        if self.live:
+            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self.progress = Progress(TextColumn("{task.description:<44}"), BarColumn(bar_width=24),
+                                     TextColumn("{task.fields[state]:<8}"), TimeElapsedColumn(),
+                                     _left_column()(self), console=self.console,
+                                     refresh_per_second=4)
+            self.progress.__enter__()
+            self.progress.add_task("[bold]all stages", total=None, state="", total_line=True)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.progress is not None:
+            self.progress.__exit__(*exc)
+
+    def plan(self, estimates: dict[str, float | None]) -> None:
+        """Stages still to run and their estimates (seconds), for the total's time left."""
+        self._pending = {k: v or 0.0 for k, v in estimates.items()}
+
+    def total_left(self) -> float:
+        left = sum(self._pending.values())
+        if self._current is not None:
+            start, est = self._current
+            left += max(est - (time.perf_counter() - start), 0.0)
+        return left
+
+    def print(self, text: str) -> None:
+        (self.progress.console if self.progress else self.console).print(text)
+
+    def skipped(self, stage_id: str) -> None:
+        self._pending.pop(stage_id, None)
+        if self.progress is not None:
+            self.progress.add_task(f"[dim]{stage_id}", total=1, completed=1, state="cached")
+        else:
+            self.console.print(f"cached  {stage_id}")
+
+    @contextlib.contextmanager
+    def stage(self, stage_id: str, estimate: float | None) -> Iterator[ProgressFn]:
+        start = time.perf_counter()
+        self._pending.pop(stage_id, None)
+        self._current = (start, estimate or 0.0)
+        try:
+            if self.progress is None:
+                self.console.print(f"start   {stage_id}"
+                                   + (f" (estimate {_fmt_s(estimate)})" if estimate else ""))
+                yield lambda *a: None
+                self.console.print(f"done    {stage_id} in {_fmt_s(time.perf_counter() - start)}")
+                return
+            tid = self.progress.add_task(stage_id, total=None, state="running", estimate=estimate)
+
+            def on_progress(sub: str, done: int, total: int) -> None:
+                self.progress.update(tid, description=f"{stage_id} [dim]{sub}[/dim]",
+                                     completed=done, total=max(total, 1), own=True)
+
+            try:
+                yield on_progress
+            except BaseException:
+                self.progress.update(tid, state="[red]failed")
+                raise
+            self.progress.update(tid, description=stage_id, total=1, completed=1, state="done")
+        finally:
+            self._current = None
+
+
+def _fmt_s(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    seconds = int(round(seconds))
+    return f"{seconds // 60}:{seconds % 60:02d}" if seconds >= 60 else f"{seconds}s"
+
+
+def _left_column():
+    from rich.progress import ProgressColumn
+    from rich.text import Text
+
+    class LeftColumn(ProgressColumn):
+        """Time left: the stage's own rate when it reports progress, else its estimate; on
+        the total line, the estimates of every stage still to run."""
+
+        def __init__(self, display: Display) -> None:
+            super().__init__()
+            self.display = display
+
+        def render(self, task) -> Text:
+            if task.fields.get("total_line"):
+                return Text(f"~{_fmt_s(self.display.total_left())} left", style="bold cyan")
+            if task.finished:
+                return Text("")
+            if task.fields.get("own") and task.time_remaining is not None:
+                return Text(f"{_fmt_s(task.time_remaining)} left", style="cyan")
+            est = task.fields.get("estimate")
+            if est:
+                return Text(f"~{_fmt_s(max(est - (task.elapsed or 0.0), 0.0))} left",
+                            style="cyan")
+            return Text("")
+
+    return LeftColumn
+
+
+# ------------------------------------------------------------------------------ the runner
+
+
+class StageRunner:
+    """Runs stages in order, skipping those whose folder is complete for the same key."""
+
+    def __init__(self, display: Display, timings: Timings, force: tuple[str, ...] = ()) -> None:
+        self.display = display
+        self.timings = timings
+        self.force = force
+        self.results: dict[str, StageResult] = {}
+
+    def is_current(self, folder: Path, kind: str, inputs: dict) -> bool:
+        marker = read_marker(folder)
+        return marker is not None and marker.get("key") == stage_key(kind, inputs)
+
+    def run(self, stage_id: str, kind: str, folder: str | Path, inputs: dict,
+            work: Callable[[Path, ProgressFn], dict | None], scope: str = "",
+            estimate: float | None = None) -> StageResult:
+        """Run ``work(folder, on_progress)`` unless ``folder`` is complete for ``inputs``;
+        ``work`` returns a small JSON-able dict kept in ``stage.json`` as ``info``."""
+        folder = Path(folder)
+        key = stage_key(kind, inputs)
+        marker = read_marker(folder)
+        forced = any(fnmatch.fnmatch(stage_id, pat) for pat in self.force)
+        if marker is not None and marker.get("key") == key and not forced:
+            log.info("cached %s (key %s)", stage_id, key)
+            self.display.skipped(stage_id)
+            result = StageResult(key, folder, float(marker.get("seconds", 0.0)), True,
+                                 marker.get("info") or {})
+            self.results[stage_id] = result
+            return result
+        if marker is not None:
+            log.info("stale %s: key %s, want %s; redoing it", stage_id, marker.get("key"), key)
+        elif folder.exists():
+            log.info("incomplete %s (no %s); redoing it", stage_id, MARKER)
+        if folder.exists():
+            shutil.rmtree(folder)
+        folder.mkdir(parents=True)
+        est = estimate if estimate is not None else self.timings.estimate(kind, scope)
+        if marker is not None and marker.get("seconds"):
+            est = float(marker["seconds"])
+        log.info("start %s (key %s)", stage_id, key)
+        t0 = time.perf_counter()
+        with self.display.stage(stage_id, est) as on_progress:
+            info = work(folder, on_progress) or {}
+            seconds = time.perf_counter() - t0
+            _hold(stage_id)
+            write_json(folder / MARKER, {
+                "schema_version": SCHEMA_VERSION, "stage": stage_id, "kind": kind, "key": key,
+                "inputs": inputs, "info": info, "seconds": seconds,
+                "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+        log.info("done %s in %.1f s", stage_id, seconds)
+        self.timings.record(kind, scope, seconds)
+        result = StageResult(key, folder, seconds, False, info)
+        self.results[stage_id] = result
+        return result
+
+
+def _hold(stage_id: str) -> None:
+    spec = os.environ.get("CMM_STAGE_HOLD")
+    if not spec:
+        return
+    pattern, _, seconds = spec.rpartition(":")
+    if fnmatch.fnmatch(stage_id, pattern):
+        log.info("holding %s for %s s before marking it complete (CMM_STAGE_HOLD)", stage_id,
+                 seconds)
+        time.sleep(float(seconds))
+
+
+def jsonable(obj: Any) -> Any:
+    """Settings as plain JSON (pydantic models dumped)."""
+    if hasattr(obj, "model_dump"):
+        return obj.model_dump(mode="json")
+    return obj

@@ -1,0 +1,233 @@
+"""`cmm run` end to end on a tiny configuration (three minutes of real Binance data, a tiny random
+Llama as the teacher): every stage, the report's tables complete, a second run skipping
+everything, and a run killed mid-stage that resumes and gives the same result."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+TINY_DATA = {
+    "name": "tiny-btcusdt", "format": "binance",
+    "instrument": {"tick_size": 0.1, "lot_size": 0.001, "contract_size": 1.0, "inverse": False,
+                   "maker_fee": 0.0002, "taker_fee": 0.0005},
+    "grid": {"dt_ms": 100, "levels": 10},
+}
+
+# Small everywhere; latencies fixed so that backtests do not depend on this machine's timing.
+TINY_RUN = {
+    "name": "tiny",
+    "seeds": [0],
+    "data": {"features": {"window": 16, "horizon": 5, "vol_window": 300}},
+    "teacher": {"backbone": {"name": "tiny-random-llama", "tiny_layers": 3}, "patch_len": 4,
+                "patch_stride": 4, "epochs": 1, "threads": 1, "max_train_seconds": 0,
+                "latency_repeats": 5, "latency_warmup": 1, "max_eval_windows": 128},
+    "probe": {"draws": 2, "windows_per_regime": 16},
+    "distill": {"expert": {"hidden": 8, "z_dim": 4}, "train": {"epochs": 3, "patience": 2},
+                "executor": "serial", "min_validation_samples": 40,
+                "baselines": ["kd", "truth"], "ablations": ["no_task"]},
+    "moe": {"epochs": 5, "kernel_hidden": 4, "latency_repeats": 1000, "latency_warmup": 10},
+    "ladder": {"min_side_notional": 500},
+    "backtest": {"episode_s": 10},
+    "policy_settings": {"teacher": {"latency_ns": 50_000_000}, "cmm": {"latency_ns": 200_000}},
+    "robustness": {"flash_crash": {"fall_s": 1.5, "hold_s": 1, "recover_s": 3,
+                                   "start_fraction": 0.2}},
+}
+
+MAIN = ["teacher", "cmm", "kd", "truth", "fixed", "as", "oracle"]
+
+
+@pytest.fixture(scope="module")
+def tiny_config(tmp_path_factory, data_dir) -> Path:
+    root = tmp_path_factory.mktemp("tiny-config")
+    spec = {**TINY_DATA, "files": [str(data_dir / "binance/usdm/btcusdt_20240718.gz")]}
+    (root / "tiny-data.yaml").write_text(yaml.safe_dump(spec))
+    (root / "tiny.yaml").write_text(yaml.safe_dump({**TINY_RUN, "datasets": ["tiny-data.yaml"]}))
+    return root / "tiny.yaml"
+
+
+def _run(config_path: Path, root: Path) -> Path:
+    from cmm.cli.run import load_run_config
+    from cmm.pipeline.run import Pipeline
+
+    cfg = load_run_config(config_path)
+    return Pipeline(cfg, root, base_dir=config_path.parent, command="cmm run tiny.yaml",
+                    progress=False).run()
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_config, tmp_path_factory) -> Path:
+    return _run(tiny_config, tmp_path_factory.mktemp("runs"))
+
+
+def _tables(run_dir: Path) -> dict:
+    return json.loads((run_dir / "report" / "tables.json").read_text())
+
+
+def _stages(run_dir: Path) -> dict[str, bool]:
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    return {s["stage"]: s["cached"] for s in manifest["stages"]}
+
+
+def test_whole_pipeline_writes_a_complete_report(tiny_run):
+    run = tiny_run
+    for name in ("config.yaml", "run.json", "logs/run.log", "manifest.json", "report.md",
+                 "report.html"):
+        assert (run / name).is_file(), name
+    tables = _tables(run)
+    assert tables["missing"] == []
+    t = tables["tables"]["tiny-btcusdt"]
+    assert [r["slug"] for r in t["main"]] == MAIN
+    assert [r["slug"] for r in t["ablations"]] == ["cmm", "no_task"]
+    assert [r["slug"] for r in t["gates"]] == ["cmm", "cmm-mean", "cmm-router", "cmm-regime"]
+    assert [r["slug"] for r in t["backbone"]] == ["teacher", "teacher-random"]
+    for name in ("main", "ablations", "gates", "backbone"):
+        for row in t[name]:
+            for metric in ("EPnL", "MAP", "PnLMAP", "RPT", "Sharpe", "latency_ms"):
+                assert metric in row, (name, row["slug"], metric)
+            assert row["EPnL"]["n"] == 3  # three 10 s test episodes, one seed
+    lat = {r["slug"]: r["latency_ms"]["mean"] for r in t["latency"]}
+    assert lat["teacher"] == pytest.approx(50.0) and lat["cmm"] == pytest.approx(0.2)
+    robust = {r["slug"]: r for r in t["robustness"]}
+    assert set(robust) == set(MAIN)
+    assert all(r["EPnL_crash"]["mean"] is not None for r in robust.values())
+    # a flash crash costs a market maker that keeps quoting
+    assert robust["fixed"]["EPnL_crash"]["mean"] < robust["fixed"]["EPnL"]["mean"]
+    md = (run / "report.md").read_text()
+    for heading in ("Main table", "Ablations", "Mixture controls",
+                    "Pretrained vs random-init backbone", "Robustness", "Decision latency",
+                    "Fluorescent probe", "Figures"):
+        assert f"### {heading}" in md, heading
+    for label in ("CMM (Hájek-MoE)", "teacher LLM", "Avellaneda-Stoikov", "oracle (upper bound)"):
+        assert f"| {label} |" in md
+    run_info = json.loads((run / "run.json").read_text())
+    assert "cmm run tiny.yaml" in md and run_info["git"]["commit"][:12] in md
+    for fig in ("equity", "quotes", "crash", "weights", "latency", "probe"):
+        assert (run / "report" / "figures" / f"tiny-btcusdt-{fig}.png").is_file(), fig
+        assert f"report/figures/tiny-btcusdt-{fig}.png" in md
+    html = (run / "report.html").read_text()
+    assert html.count("src='data:image/png;base64,") == 6
+    assert "src='figures" not in html and "http://" not in html and "https://" not in html
+    assert "<table>" in html and "CMM (Hájek-MoE)" in html
+
+
+def test_stage_folders_describe_themselves(tiny_run):
+    seed = tiny_run / "tiny-btcusdt" / "seed0"
+    marker = json.loads((seed / "distill" / "stage.json").read_text())
+    assert marker["kind"] == "distill" and len(marker["key"]) == 16
+    assert marker["inputs"]["distill"]["train"]["seed"] == 0
+    assert set(marker["inputs"]) == {"features", "probe", "distill"}
+    features = json.loads((seed / "teacher" / "features" / "stage.json").read_text())
+    teacher = json.loads((seed / "teacher" / "stage.json").read_text())
+    assert features["inputs"]["teacher"] == teacher["key"]
+    config = yaml.safe_load((tiny_run / "config.yaml").read_text())
+    assert config["teacher"]["patience"] == 3  # defaults written out
+    assert (seed / "crash" / "fixed" / "episodes.csv").is_file()
+
+
+def test_second_run_skips_every_stage(tiny_run, tiny_config):
+    before = _tables(tiny_run)
+    _run(tiny_config, tiny_run.parent)
+    stages = _stages(tiny_run)
+    assert stages and all(stages.values()), [k for k, v in stages.items() if not v]
+    assert _tables(tiny_run) == before
+
+
+def test_changed_setting_redoes_only_what_depends_on_it(tiny_run, tiny_config, tmp_path):
+    from cmm.cli.run import load_run_config
+    from cmm.pipeline.run import Pipeline
+
+    cfg = load_run_config(tiny_config)
+    cfg = cfg.model_copy(update={"ladder": cfg.ladder.model_copy(update={"levels": 4})})
+    Pipeline(cfg, tiny_run.parent, base_dir=tiny_config.parent, progress=False).run()
+    stages = _stages(tiny_run)
+    redone = {k for k, cached in stages.items() if not cached}
+    assert {k for k in redone if "/backtest/" in k or "/crash/" in k} == {
+        k for k in stages if "/backtest/" in k or "/crash/" in k}
+    for kept in ("tiny-btcusdt/data", "tiny-btcusdt/seed0/teacher", "tiny-btcusdt/seed0/moe",
+                 "tiny-btcusdt/crash"):
+        assert stages[kept], kept
+    _run(tiny_config, tiny_run.parent)  # back to the module's configuration
+
+
+def test_killed_mid_stage_resumes_and_gives_the_same_result(tiny_run, tiny_config, tmp_path):
+    """SIGKILL while the experts stage is complete on disk but not yet marked (the widest
+    window): the rerun keeps data, teacher, features and probe, redoes the experts, and the
+    report's numbers equal those of the uninterrupted run."""
+    root = tmp_path / "runs"
+    env = {**os.environ, "CMM_STAGE_HOLD": "*/distill:60"}
+    proc = subprocess.Popen([sys.executable, "-m", "cmm", "run", str(tiny_config), "--root",
+                             str(root), "--no-progress"], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    log = root / "tiny" / "logs" / "run.log"
+    deadline = time.monotonic() + 240
+    try:
+        while time.monotonic() < deadline:
+            if log.is_file() and "holding tiny-btcusdt/seed0/distill" in log.read_text():
+                break
+            if proc.poll() is not None:
+                pytest.fail(f"run ended before the hold: {proc.stderr.read()[-2000:]}")
+            time.sleep(0.1)
+        else:
+            pytest.fail("the run never reached the experts stage")
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    seed = root / "tiny" / "tiny-btcusdt" / "seed0"
+    assert (seed / "distill" / "experts.json").is_file()
+    assert not (seed / "distill" / "stage.json").exists()
+    assert not (seed / "moe").exists()
+
+    _run(tiny_config, root)
+    stages = _stages(root / "tiny")
+    for done in ("tiny-btcusdt/data", "tiny-btcusdt/crash", "tiny-btcusdt/seed0/teacher",
+                 "tiny-btcusdt/seed0/features", "tiny-btcusdt/seed0/probe"):
+        assert stages[done], f"{done} was redone"
+    for redo in ("tiny-btcusdt/seed0/distill", "tiny-btcusdt/seed0/moe"):
+        assert not stages[redo], f"{redo} was not redone"
+    assert "incomplete tiny-btcusdt/seed0/distill" in log.read_text()
+    _assert_same(_tables(root / "tiny")["tables"], _tables(tiny_run)["tables"])
+
+
+def _assert_same(a, b, where="tables"):
+    """Equal structure and values; floats to 1e-9 relative (the teacher of one run was fitted
+    in another process: sums may round differently in the last bits)."""
+    if isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys(), where
+        for k in a:
+            _assert_same(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, list):
+        assert isinstance(b, list) and len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            _assert_same(x, y, f"{where}[{i}]")
+    elif isinstance(a, float) and isinstance(b, float):
+        assert a == pytest.approx(b, rel=1e-9, abs=1e-12), where
+    else:
+        assert a == b, where
+
+
+def test_unknown_key_in_run_config_is_located(tmp_path):
+    from cmm.cli.run import load_run_config
+    from cmm.errors import InputError
+
+    path = tmp_path / "bad.yaml"
+    path.write_text("name: x\nteacher:\n  epochs: 1\n  epoches: 2\n")
+    with pytest.raises(InputError, match=r"bad.yaml:4.*teacher.epoches.*unknown field"):
+        load_run_config(path)
+
+
+def test_cli_help_and_missing_config(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "cmm", "run", "--help"], capture_output=True,
+                       text=True, env={**os.environ, "COLUMNS": "160"}, timeout=120)
+    assert r.returncode == 0 and "--force" in r.stdout and "--report-only" in r.stdout
+    r = subprocess.run([sys.executable, "-m", "cmm", "run", str(tmp_path / "none.yaml")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "run configuration not found" in r.stderr
