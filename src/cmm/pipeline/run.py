@@ -159,6 +159,9 @@ class Pipeline:
                 if c.controls.random_teacher:
                     out[f"{p}/teacher-random"] = t.estimate("teacher", d)
                 for s in self.specs:
+                    if s.source == "registry" and s.name in c.rl:
+                        out[f"{p}/rl-{s.name}"] = t.estimate("rl", d)
+                for s in self.specs:
                     out[f"{p}/backtest/{s.slug}"] = t.estimate("backtest", d)
                 for slug in self.tables.get("crash", []):
                     out[f"{p}/crash/{slug}"] = t.estimate("backtest", d)

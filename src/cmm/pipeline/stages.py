@@ -147,7 +147,7 @@ class Display:
     def skipped(self, stage_id: str) -> None:
         self._pending.pop(stage_id, None)
         if self.progress is not None:
-            self.progress.add_task(f"[dim]{stage_id}", total=1, completed=1, state="cached")
+            self.progress.console.print(f"[dim]cached  {stage_id}[/dim]")
         else:
             self.console.print(f"cached  {stage_id}")
 
@@ -172,9 +172,14 @@ class Display:
             try:
                 yield on_progress
             except BaseException:
-                self.progress.update(tid, state="[red]failed")
+                self.progress.remove_task(tid)
+                self.progress.console.print(f"[red]failed[/red]  {stage_id} after "
+                                            f"{_fmt_s(time.perf_counter() - start)}")
                 raise
-            self.progress.update(tid, description=stage_id, total=1, completed=1, state="done")
+            # finished stages leave the live area (which stays two lines high) for one line above
+            self.progress.remove_task(tid)
+            self.progress.console.print(f"[green]done[/green]    {stage_id} in "
+                                        f"{_fmt_s(time.perf_counter() - start)}")
         finally:
             self._current = None
 
