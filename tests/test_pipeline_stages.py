@@ -108,3 +108,22 @@ def test_unknown_crash_policy_is_an_error():
     cfg = RunConfig(robustness=RobustnessConfig(crash_policies=("cmm", "nope")))
     with pytest.raises(InputError, match="robustness.crash_policies.*nope"):
         policy_specs(cfg, [])
+
+
+@pytest.mark.parametrize("name", ["default", "paper", "tiny"])
+def test_shipped_configs_are_valid(name):
+    from pathlib import Path
+
+    from cmm.cli.run import load_run_config
+    from cmm.data.spec import builtin_datasets
+    from cmm.pipeline.stress import crash_starts
+
+    path = Path(__file__).resolve().parents[1] / "configs" / f"{name}.yaml"
+    cfg = load_run_config(path)
+    assert cfg.name == ("demo" if name == "default" else name)
+    assert set(cfg.datasets) <= set(builtin_datasets())
+    if cfg.robustness.flash_crash is not None:  # the crash fits inside an episode
+        class NoEpisodes:
+            n_episodes = 0
+
+        crash_starts(NoEpisodes(), cfg.backtest.episode_s, cfg.robustness.flash_crash)

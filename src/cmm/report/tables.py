@@ -118,15 +118,20 @@ def prediction_metrics(run_dir: Path, manifest: dict, dataset: dict) -> dict[str
     rows: dict[str, dict[str, list]] = {}
     for seed in manifest["seeds"]:
         base = run_dir / dataset["slug"] / f"seed{seed}"
-        ev = base / "moe" / "evaluation.json"
-        if ev.is_file():
+        for prefix, ev in (("", base / "moe" / "evaluation.json"),
+                           ("control: ", base / "control" / "moe" / "evaluation.json")):
+            if not ev.is_file():
+                continue
             for r in json.loads(ev.read_text())["rows"]:
                 if r["split"] != "test" or r["model"] == "teacher":  # the teacher's own below
                     continue
+                if prefix and r["variant"] == "reference":
+                    continue
+                name = prefix + r["model"]
                 for t in TASKS:
                     m = r["metrics"].get(t) or {}
-                    rows.setdefault(r["model"], {}).setdefault(f"r2_{t}", []).append(m.get("r2"))
-                    rows[r["model"]].setdefault(f"mse_{t}", []).append(m.get("mse"))
+                    rows.setdefault(name, {}).setdefault(f"r2_{t}", []).append(m.get("r2"))
+                    rows[name].setdefault(f"mse_{t}", []).append(m.get("mse"))
         for name, folder in (("teacher", base / "teacher"),
                              ("teacher-random", base / "teacher-random"),
                              ("teacher-random", base / "control" / "teacher")):
@@ -146,10 +151,11 @@ def mixture_row(slug: str, policy: dict, gates: dict) -> str:
     name, gate = policy["name"], policy.get("gate")
     if policy["source"] == "teacher":
         return slug
+    prefix = "control: " if policy.get("chain") == "control" else ""
     multi = len(gates.get(name, [])) > 1
     if not multi:
-        return name
-    return f"{name} ({gate or 'hajek'})"
+        return prefix + name
+    return f"{prefix}{name} ({gate or 'hajek'})"
 
 
 def build_tables(run_dir: Path, manifest: dict) -> dict:
