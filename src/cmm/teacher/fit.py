@@ -93,7 +93,8 @@ def init_heads(model: TeacherModel, x_train: np.ndarray, y_train: np.ndarray,
 
     model.eval()
     f_train = _pooled(model, x_train, batch_size)
-    mean, std = f_train.mean(axis=0), f_train.std(axis=0) + 1e-6
+    mean, std = f_train.mean(axis=0), f_train.std(axis=0)
+    std = np.maximum(std, 1e-3 * float(std.mean()) + 1e-12)  # near-constant dimensions stay put
     model.feat_mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
     model.feat_std.copy_(torch.as_tensor(std, dtype=torch.float32))
     if model.config.head_hidden:
