@@ -121,6 +121,9 @@ def _dataset_blocks(run_dir: Path, manifest: dict, d: dict, t: dict, fig_dir: Pa
     B.append(Block("h3", "Main table"))
     B.append(Block("table", f"{n_ep} test episodes per seed", METRIC_HEADERS + ["fills"],
                    [_metric_row(r, ["fills"]) for r in t["main"]]))
+    summary = _summary(t)
+    if summary:
+        B.append(Block("p", summary))
     r2 = [f"R² {k}" for k in TASKS]
     for key, title, caption in (
             ("ablations", "Ablations", "CMM against CMM without one of its decompositions; "
@@ -179,6 +182,39 @@ def _dataset_blocks(run_dir: Path, manifest: dict, d: dict, t: dict, fig_dir: Pa
     B += _probe_blocks(run_dir, manifest, d, fig_dir)
     B += _figure_blocks(run_dir, manifest, d, t, fig_dir, rep)
     return B
+
+
+def _summary(t: dict) -> str:
+    """CMM against the teacher and against the best competitor, in words (numbers only)."""
+    main = {r["slug"]: r for r in t["main"] if not r.get("missing")}
+    if "cmm" not in main:
+        return ""
+
+    def mean(r, k):
+        return (r.get(k) or {}).get("mean")
+
+    c = main["cmm"]
+    parts = []
+    te = main.get("teacher")
+    if te and mean(c, "EPnL") is not None and mean(te, "EPnL") is not None:
+        better = mean(c, "EPnL") > mean(te, "EPnL")
+        parts.append(f"CMM's EPnL {fmt(c['EPnL'])} is {'above' if better else 'below'} the "
+                     f"teacher's {fmt(te['EPnL'])}")
+        if mean(c, "PnLMAP") is not None and mean(te, "PnLMAP") is not None:
+            parts.append(f"PnLMAP {fmt(c['PnLMAP'])} against {fmt(te['PnLMAP'])}")
+        lc, lt = mean(c, "latency_ms"), mean(te, "latency_ms")
+        if lc and lt:
+            parts.append(f"at {lt / lc:,.0f}x lower decision latency ({_num(lc, 3)} ms against "
+                         f"{_num(lt, 3)} ms)")
+    rivals = [r for s, r in main.items() if s not in ("cmm", "oracle")
+              and mean(r, "EPnL") is not None]
+    if rivals and mean(c, "EPnL") is not None:
+        rank = 1 + sum(mean(r, "EPnL") > mean(c, "EPnL") for r in rivals)
+        best = max(rivals, key=lambda r: mean(r, "EPnL"))
+        parts.append(f"CMM ranks {rank} of {len(rivals) + 1} by EPnL (oracle excluded; best "
+                     f"other: {best['label']}, {fmt(best['EPnL'])})")
+    return ("; ".join(parts) + ". Differences smaller than the ± spreads are not "
+            "significant.") if parts else ""
 
 
 def _probe_blocks(run_dir: Path, manifest: dict, d: dict, fig_dir: Path) -> list[Block]:
