@@ -19,17 +19,11 @@ app = typer.Typer(
 
 
 def _register_all() -> None:
-    from cmm.cli import data
+    # Each module only declares its commands; heavy imports happen inside the commands.
+    from cmm.cli import backtest, data, distill, rl, run, teacher
 
-    data.register(app)
-    for module in ("backtest", "teacher", "distill", "rl", "run"):
-        try:
-            mod = __import__(f"cmm.cli.{module}", fromlist=["register"])
-        except ModuleNotFoundError as exc:
-            if exc.name != f"cmm.cli.{module}":
-                raise
-            continue
-        mod.register(app)
+    for module in (data, backtest, teacher, distill, rl, run):
+        module.register(app)
 
 
 _register_all()
