@@ -10,6 +10,24 @@ import polars as pl
 from cmm.backtest.runner import BacktestResult
 
 
+def draw_quotes(ax, rec: pl.DataFrame, fills: pl.DataFrame, t0: int) -> None:
+    """Mid, touch, our best bid and ask (step lines) and our fills, seconds since ``t0``."""
+    t = (rec["ts_ns"].to_numpy() - t0) / 1e9
+    ax.plot(t, rec["mid"].to_numpy(), color="black", lw=1.0, label="mid")
+    ax.fill_between(t, rec["best_bid"].to_numpy(), rec["best_ask"].to_numpy(), step="post",
+                    color="0.85", label="touch")
+    ax.step(t, rec["quote_bid"].to_numpy(), where="post", color="tab:green", lw=0.8,
+            label="our best bid")
+    ax.step(t, rec["quote_ask"].to_numpy(), where="post", color="tab:red", lw=0.8,
+            label="our best ask")
+    for side, marker, color, name in ((1, "^", "tab:green", "buy fill"),
+                                      (-1, "v", "tab:red", "sell fill")):
+        f = fills.filter(pl.col("side") == side)
+        if len(f):
+            ax.scatter((f["exch_ts_ns"].to_numpy() - t0) / 1e9, f["price"].to_numpy(),
+                       marker=marker, color=color, s=18, zorder=5, label=name)
+
+
 def plot_episode(result: BacktestResult, episode: int, path: str | Path) -> None:
     """Write a PNG of ``episode``: (1) mid, touch, our best bid/ask and fills; (2) inventory;
     (3) equity marked at the mid, ending at the closed PnL."""
@@ -28,19 +46,7 @@ def plot_episode(result: BacktestResult, episode: int, path: str | Path) -> None
     fig, axes = plt.subplots(3, 1, figsize=(10, 7.5), sharex=True,
                              gridspec_kw={"height_ratios": [3, 1.2, 1.2]})
     ax = axes[0]
-    ax.plot(t, rec["mid"].to_numpy(), color="black", lw=1.0, label="mid")
-    ax.fill_between(t, rec["best_bid"].to_numpy(), rec["best_ask"].to_numpy(), step="post",
-                    color="0.85", label="touch")
-    ax.step(t, rec["quote_bid"].to_numpy(), where="post", color="tab:green", lw=0.8,
-            label="our best bid")
-    ax.step(t, rec["quote_ask"].to_numpy(), where="post", color="tab:red", lw=0.8,
-            label="our best ask")
-    for side, marker, color, name in ((1, "^", "tab:green", "buy fill"),
-                                      (-1, "v", "tab:red", "sell fill")):
-        f = fills.filter(pl.col("side") == side)
-        if len(f):
-            ax.scatter((f["exch_ts_ns"].to_numpy() - t0) / 1e9, f["price"].to_numpy(),
-                       marker=marker, color=color, s=18, zorder=5, label=name)
+    draw_quotes(ax, rec, fills, t0)
     ax.set_ylabel("price")
     ax.legend(loc="upper left", fontsize=7, ncol=3)
     ax.set_title(f"{result.dataset} | {result.policy} | {result.split} episode {episode} "

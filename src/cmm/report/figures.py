@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from cmm.backtest.plots import draw_quotes
 from cmm.io import atomic_path
 
 REGIME_COLOURS = {0: "#d8ecd8", 1: "#fbf0c8", 2: "#f6d3d3"}
@@ -73,19 +74,7 @@ def quotes_over_mid(records: pl.DataFrame, fills: pl.DataFrame, episode: int, pa
     t = (rec["ts_ns"].to_numpy() - t0) / 1e9
     fig, (ax, ax2) = plt.subplots(2, 1, figsize=(10, 5.5), sharex=True,
                                   gridspec_kw={"height_ratios": [3, 1]})
-    ax.fill_between(t, rec["best_bid"].to_numpy(), rec["best_ask"].to_numpy(), step="post",
-                    color="0.85", label="touch")
-    ax.plot(t, rec["mid"].to_numpy(), color="black", lw=0.9, label="mid")
-    ax.step(t, rec["quote_bid"].to_numpy(), where="post", color="tab:green", lw=0.8,
-            label="our best bid")
-    ax.step(t, rec["quote_ask"].to_numpy(), where="post", color="tab:red", lw=0.8,
-            label="our best ask")
-    for side, marker, colour, name in ((1, "^", "tab:green", "buy fill"),
-                                       (-1, "v", "tab:red", "sell fill")):
-        s = f.filter(pl.col("side") == side)
-        if len(s):
-            ax.scatter((s["exch_ts_ns"].to_numpy() - t0) / 1e9, s["price"].to_numpy(),
-                       marker=marker, color=colour, s=16, zorder=5, label=name)
+    draw_quotes(ax, rec, f, t0)
     if shade is not None:
         for a in (ax, ax2):
             a.axvspan((shade[0] - t0) / 1e9, (shade[1] - t0) / 1e9, color="tab:orange",

@@ -106,6 +106,16 @@ def _side_lots(total: float, weights: np.ndarray, lot: float, out: np.ndarray) -
 
 
 @njit(cache=True)
+def _clear_orders(bid_tick: np.ndarray, bid_lots: np.ndarray, ask_tick: np.ndarray,
+                  ask_lots: np.ndarray) -> None:
+    """No orders: zero prices and sizes on both sides (a kernel's output before it quotes)."""
+    bid_tick[:] = 0
+    bid_lots[:] = 0.0
+    ask_tick[:] = 0
+    ask_lots[:] = 0.0
+
+
+@njit(cache=True)
 def ladder_kernel(p: np.ndarray, weights: np.ndarray, mid_bps: float, spread_ticks: float,
                   volume_log1p: float, skew_ticks: float, q: float,
                   best_bid_tick: int, best_ask_tick: int,
@@ -118,11 +128,7 @@ def ladder_kernel(p: np.ndarray, weights: np.ndarray, mid_bps: float, spread_tic
     when the book has no valid, uncrossed touch.
     """
     K = bid_tick.shape[0]
-    for j in range(K):
-        bid_lots[j] = 0.0
-        ask_lots[j] = 0.0
-        bid_tick[j] = 0
-        ask_tick[j] = 0
+    _clear_orders(bid_tick, bid_lots, ask_tick, ask_lots)
     if not valid_touch(best_bid_tick, best_ask_tick):
         return False
     tick = p[LP_TICK]
@@ -178,11 +184,7 @@ def clip_quotes_kernel(p: np.ndarray, q: float, best_bid_tick: int, best_ask_tic
     floored and asks ceiled to ticks, post-only shift as in :func:`ladder_kernel`, sizes floored
     to lots and scaled down per side so that ``|q|`` stays within the limit."""
     K = bid_tick.shape[0]
-    for j in range(K):
-        bid_lots[j] = 0.0
-        ask_lots[j] = 0.0
-        bid_tick[j] = 0
-        ask_tick[j] = 0
+    _clear_orders(bid_tick, bid_lots, ask_tick, ask_lots)
     if not valid_touch(best_bid_tick, best_ask_tick):
         return False
     tick = p[LP_TICK]
