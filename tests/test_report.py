@@ -67,3 +67,16 @@ def test_writers_render_the_same_blocks(tmp_path):
     assert "<code>cmm run</code>" in html and "<b>now</b>" in html
     assert "<caption>cap</caption>" in html and "data:image/png;base64," in html
     assert "a|b" in html
+
+
+def test_epnl_ranks_per_market_leave_out_the_oracle_and_missing_rows():
+    from cmm.report.render import epnl_ranks
+
+    def row(slug, epnl):
+        return {"slug": slug, "EPnL": {"mean": epnl}}
+
+    tables = {"btc": {"main": [row("cmm", -1.0), row("teacher", -2.0), row("oracle", 5.0)]},
+              "eth": {"main": [row("cmm", -3.0), row("teacher", 0.5), row("oracle", 9.0)]},
+              "bts": {"main": [{"slug": "cmm", "missing": True}, row("teacher", 1.0)]}}
+    ranks = epnl_ranks(tables, ["cmm", "teacher", "oracle"])
+    assert ranks == {"cmm": [1, 2], "teacher": [2, 1, 1], "oracle": []}

@@ -14,6 +14,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 
 from cmm.io import atomic_path, write_json
@@ -85,6 +86,8 @@ def _doc(run_dir: Path, manifest: dict, tables: dict, fig_dir: Path) -> list[Blo
                      "/".join(map(str, d["regime_counts"]["test"])),
                      str(len(d["episodes"]["start_ns"])), str(len(d["episodes"]["volatile"]))]
                     for d in manifest["datasets"]]))
+    if len(manifest["datasets"]) > 1:
+        B += _overview_blocks(manifest, tables)
     for d in manifest["datasets"]:
         B += _dataset_blocks(run_dir, manifest, d, tables[d["slug"]], fig_dir, rep)
     gaps = missing_cells(tables)
@@ -100,6 +103,42 @@ def _doc(run_dir: Path, manifest: dict, tables: dict, fig_dir: Path) -> list[Blo
                        [[v["stage"], f"{v['seconds']:.1f}", "yes" if v["cached"] else ""]
                         for v in stages]))
     return B
+
+
+def epnl_ranks(tables: dict, slugs: list[str]) -> dict[str, list[int]]:
+    """Per market, each policy's rank by mean test EPnL (1 = best) among ``slugs`` present
+    there; the oracle is a bound, not a competitor, so it takes no rank."""
+    ranks: dict[str, list[int]] = {s: [] for s in slugs}
+    for t in tables.values():
+        main = {r["slug"]: (r.get("EPnL") or {}).get("mean") for r in t["main"]
+                if not r.get("missing")}
+        scored = sorted((-m, s) for s, m in main.items()
+                        if s in ranks and s != "oracle" and m is not None)
+        for i, (_, s) in enumerate(scored):
+            ranks[s].append(i + 1)
+    return ranks
+
+
+def _overview_blocks(manifest: dict, tables: dict) -> list[Block]:
+    """The main table's policies across markets: EPnL per market and the mean EPnL rank."""
+    ds = manifest["datasets"]
+    first = tables[ds[0]["slug"]]["main"]
+    slugs, labels = [r["slug"] for r in first], {r["slug"]: r["label"] for r in first}
+    ranks = epnl_ranks({d["slug"]: tables[d["slug"]] for d in ds}, slugs)
+    rows = []
+    for s in slugs:
+        row = [labels[s]]
+        for d in ds:
+            r = next((r for r in tables[d["slug"]]["main"] if r["slug"] == s), None)
+            row.append("(not run)" if r is None or r.get("missing") else fmt(r["EPnL"]))
+        row.append("–" if not ranks[s] else f"{np.mean(ranks[s]):.2g}")
+        rows.append(row)
+    n_rank = sum(1 for s in slugs if s != "oracle")
+    return [Block("h2", "Overview across markets"),
+            Block("table", f"test EPnL per market (quote currency, mean ± std over episodes "
+                           f"and seeds) and the mean rank by EPnL over the markets (1 = best of "
+                           f"{n_rank}; the oracle is a bound and takes no rank)",
+                  ["policy"] + [d["dataset"] for d in ds] + ["mean rank"], rows)]
 
 
 def _metric_row(r: dict, extra: list[str] = ()) -> list[str]:
