@@ -56,12 +56,6 @@ class CmmPolicy(Policy):
         self.artefact_ = str(folder)
         return self
 
-    @property
-    def latency_ns(self) -> int:
-        if self.config.latency_ns is not None:
-            return int(self.config.latency_ns)
-        return int(getattr(self, "latency_ns_", 0))
-
     def act(self, ds: PreparedDataset, split: str, plan: DecisionPlan) -> Predictions:
         if not hasattr(self, "quoter_"):
             raise InputError("policy 'cmm' is not fitted; call fit(ds) on the dataset first")

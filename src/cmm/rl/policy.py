@@ -83,12 +83,6 @@ class RLPolicy(Policy):
         self.closed_loop_: dict[str, dict] = {}
         return self
 
-    @property
-    def latency_ns(self) -> int:
-        if self.config.latency_ns is not None:
-            return int(self.config.latency_ns)
-        return int(getattr(self, "latency_ns_", 0))
-
     def _check_fitted(self) -> None:
         if not hasattr(self, "agent_"):
             raise InputError(f"policy '{self.name}' is not fitted; call fit(ds) on the dataset first")

@@ -155,8 +155,12 @@ class Policy(ABC):
 
     @property
     def latency_ns(self) -> int:
-        """Inference time per decision, added to the venue's order-entry latency."""
-        return int(getattr(self.config, "latency_ns", 0) or 0)
+        """Inference time per decision, added to the venue's order-entry latency: the config's
+        ``latency_ns`` when set, else what ``fit`` measured (``latency_ns_``), else 0."""
+        configured = getattr(self.config, "latency_ns", None)
+        if configured is not None:
+            return int(configured)
+        return int(getattr(self, "latency_ns_", 0))
 
     def fit(self, ds: PreparedDataset) -> Policy:
         return self

@@ -39,12 +39,6 @@ class TeacherPolicy(Policy):
         self.backbone_ = meta["backbone"]
         return self
 
-    @property
-    def latency_ns(self) -> int:
-        if self.config.latency_ns is not None:
-            return int(self.config.latency_ns)
-        return int(getattr(self, "latency_ns_", 0))
-
     def _predict(self, ds, split: str) -> np.ndarray:
         from cmm.teacher.features import load_features
 
