@@ -10,6 +10,10 @@ class CmmError(Exception):
     """Base class of errors that the CLI reports as one line, without a traceback."""
 
 
+class StaleArtefactError(CmmError):
+    """An artefact was made from other data or settings than the ones asked for."""
+
+
 class InputError(CmmError):
     """Bad input data or configuration, located as precisely as the source allows."""
 

@@ -81,6 +81,26 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def read_artefact_meta(folder: str | Path, meta_file: str, tensor_file: str, *, kind: str,
+                       schema_version: int, command: str) -> tuple[dict, Path]:
+    """The JSON half of a saved ``<meta_file>`` + ``<tensor_file>`` artefact, checked: both
+    files present (else InputError) and of this ``kind`` and schema (else StaleArtefactError);
+    ``command`` is what makes the artefact. Returns the meta and the tensor file's path."""
+    from cmm.errors import InputError, StaleArtefactError
+
+    folder = Path(folder)
+    meta_path, tensor_path = folder / meta_file, folder / tensor_file
+    for path in (meta_path, tensor_path):
+        if not path.is_file():
+            raise InputError(f"no {kind} artefact here; run `{command}` first", file=path)
+    meta = json.loads(meta_path.read_text())
+    if meta.get("kind") != kind or meta.get("schema_version") != schema_version:
+        raise StaleArtefactError(f"{meta_path}: {meta.get('kind')} schema "
+                                 f"{meta.get('schema_version')}, expected {kind} schema "
+                                 f"{schema_version}; run `{command}` again")
+    return meta, tensor_path
+
+
 def write_json(path: str | Path, obj: Any) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")

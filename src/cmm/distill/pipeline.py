@@ -26,8 +26,8 @@ from cmm.distill.executor import DoneFn, Executor, get_executor
 from cmm.distill.plan import SplitArrays, Variant, build_jobs, build_variants, resolve_assignment
 from cmm.distill.students import TASKS, StudentSpec
 from cmm.distill.train import StudentResult, train_student
-from cmm.errors import InputError
-from cmm.io import atomic_path, sha256_file, write_json
+from cmm.errors import InputError, StaleArtefactError
+from cmm.io import atomic_path, read_artefact_meta, sha256_file, write_json
 
 SCHEMA_VERSION = 1
 KIND = "cmm.experts"
@@ -36,8 +36,6 @@ TENSORS_FILE = "experts.safetensors"
 
 
 def _stale(message: str) -> Exception:
-    from cmm.teacher.store import StaleArtefactError
-
     return StaleArtefactError(message)
 
 
@@ -150,15 +148,9 @@ def read_experts(folder: str | Path, dataset=None
                  ) -> tuple[dict, dict[str, StudentSpec], dict[str, dict[str, np.ndarray]],
                             list[Variant]]:
     """Meta, specs by name, decision-path state by name (no projections), variants."""
-    folder = Path(folder)
-    meta_path, tensor_path = folder / META_FILE, folder / TENSORS_FILE
-    for path in (meta_path, tensor_path):
-        if not path.is_file():
-            raise InputError("no fitted experts here; run `cmm distill` first", file=path)
-    meta = json.loads(meta_path.read_text())
-    if meta.get("kind") != KIND or meta.get("schema_version") != SCHEMA_VERSION:
-        raise _stale(f"{meta_path}: {meta.get('kind')} schema {meta.get('schema_version')}, "
-                     f"expected {KIND} schema {SCHEMA_VERSION}; run `cmm distill` again")
+    meta, tensor_path = read_artefact_meta(folder, META_FILE, TENSORS_FILE, kind=KIND,
+                                           schema_version=SCHEMA_VERSION, command="cmm distill")
+    meta_path = Path(folder) / META_FILE
     if dataset is not None and meta["data"]["cache_key"] != dataset.cache_key:
         raise _stale(f"{meta_path}: experts distilled on data {meta['data']['cache_key']}, "
                      f"not {dataset.cache_key}; run `cmm distill` again")

@@ -13,14 +13,12 @@ torch :class:`~cmm.moe.mixture.MixtureModel` for evaluation and tests.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
-from cmm.errors import InputError
-from cmm.io import atomic_path, write_json
+from cmm.io import atomic_path, read_artefact_meta, write_json
 from cmm.moe.fused import FusedMixture
 
 SCHEMA_VERSION = 1
@@ -74,18 +72,8 @@ def save_mixture(folder: str | Path, model, meta: dict) -> Path:
 
 
 def read_mixture(folder: str | Path) -> tuple[dict, dict[str, np.ndarray]]:
-    folder = Path(folder)
-    meta_path, tensor_path = folder / META_FILE, folder / TENSORS_FILE
-    for path in (meta_path, tensor_path):
-        if not path.is_file():
-            raise InputError("no mixture here; run `cmm moe` first", file=path)
-    meta = json.loads(meta_path.read_text())
-    if meta.get("kind") != KIND or meta.get("schema_version") != SCHEMA_VERSION:
-        from cmm.teacher.store import StaleArtefactError
-
-        raise StaleArtefactError(f"{meta_path}: {meta.get('kind')} schema "
-                                 f"{meta.get('schema_version')}, expected {KIND} schema "
-                                 f"{SCHEMA_VERSION}; run `cmm moe` again")
+    meta, tensor_path = read_artefact_meta(folder, META_FILE, TENSORS_FILE, kind=KIND,
+                                           schema_version=SCHEMA_VERSION, command="cmm moe")
     return meta, load_file(str(tensor_path))
 
 

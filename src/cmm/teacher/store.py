@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from cmm.config import TeacherConfig
-from cmm.errors import CmmError, InputError
+from cmm.errors import InputError, StaleArtefactError  # noqa: F401 (re-exported)
 from cmm.io import atomic_path, write_json
 from cmm.teacher.backbone import load_backbone
 from cmm.teacher.model import TeacherModel, build_teacher
@@ -32,10 +32,6 @@ META_FILE = "teacher.json"
 WEIGHTS_FILE = "weights.safetensors"
 METRICS_FILE = "metrics.json"
 LATENCY_FILE = "latency.json"
-
-
-class StaleArtefactError(CmmError):
-    """An artefact was made from other data or settings than the ones asked for."""
 
 
 def save_teacher(folder: str | Path, model: TeacherModel, meta: dict) -> Path:
