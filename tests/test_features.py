@@ -6,7 +6,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cmm.config import DataConfig, SplitConfig
+from cmm.config import SplitConfig
 from cmm.data import features as F
 from cmm.data.prepare import build_session
 

@@ -1,6 +1,5 @@
 """Preparation: cached by content, atomic, sessions joined, never half-written."""
 
-import shutil
 
 import numpy as np
 import pytest

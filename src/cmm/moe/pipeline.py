@@ -182,7 +182,7 @@ def evaluation_table(report: dict) -> str:
                 cells += [f"{met['mse']:.4g}", "" if met["r2"] is None else f"{met['r2']:.3f}"]
         lines.append("| " + " | ".join(cells) + " |")
     counts = report.get("regime_counts", {})
-    note = (f"\nRegime counts (low, mid, high): " +
+    note = ("\nRegime counts (low, mid, high): " +
             ", ".join(f"{s} {c}" for s, c in counts.items()) +
             ". Gates are fitted on validation: their validation rows are in-sample for the "
             "gate parameters; test is never used for fitting.\n")

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from cmm.config import BacktestConfig, FlashCrashConfig
+from cmm.config import FlashCrashConfig
 from cmm.data import features as F
 from cmm.data.events import (
     BUY_EVENT,
