@@ -376,6 +376,34 @@ class OrderLevelBook:
         return out
 
 
+class LineClock:
+    """The epoch-millisecond timestamps of a text capture, line by line: one that goes
+    backwards is refused (naming the line that set the last one); first and last are kept."""
+
+    def __init__(self, path) -> None:
+        self.path = path
+        self.first: int | None = None
+        self.last: int | None = None
+        self.last_line = 0
+
+    def advance(self, ms: int, lineno: int) -> None:
+        if self.last is not None and ms < self.last:
+            raise InputError(f"timestamp goes backwards (line {self.last_line} has {self.last})",
+                             file=self.path, line=lineno, field="timestamp",
+                             expected=f">= {self.last}", got=ms)
+        self.last, self.last_line = ms, lineno
+        if self.first is None:
+            self.first = ms
+
+    @property
+    def first_ns(self) -> int | None:
+        return None if self.first is None else self.first * 1_000_000
+
+    @property
+    def last_ns(self) -> int | None:
+        return None if self.last is None else self.last * 1_000_000
+
+
 def finish_report(report: ReadReport, events: np.ndarray, first_ts: int | None,
                   last_ts: int | None) -> None:
     report.events = len(events)
@@ -448,9 +476,7 @@ def read_bitstamp_log(path: Path, instrument: Instrument) -> tuple[np.ndarray, R
     book = OrderLevelBook(report, instrument.tick_size, live=False)
     tick = instrument.tick_size
     fills: list[tuple[int, int, int, bool]] = []  # (id, side, ticks, known) since last trade
-    prev_ts = None
-    prev_line = 0
-    first_ts = None
+    clock = LineClock(path)
     last_trade_ticks = None
     last_trade_buy = True
     for lineno, raw in enumerate(text.split(b"\n"), start=1):
@@ -471,12 +497,7 @@ def read_bitstamp_log(path: Path, instrument: Instrument) -> tuple[np.ndarray, R
         if ms <= 0:
             raise InputError("timestamp is not positive", file=path, line=lineno,
                              field="timestamp", expected="epoch milliseconds > 0", got=ms)
-        if prev_ts is not None and ms < prev_ts:
-            raise InputError(f"timestamp goes backwards (line {prev_line} has {prev_ts})",
-                             file=path, line=lineno, field="timestamp",
-                             expected=f">= {prev_ts}", got=ms)
-        prev_ts, prev_line = ms, lineno
-        first_ts = ms if first_ts is None else first_ts
+        clock.advance(ms, lineno)
         ts = ms * 1_000_000
         event = parts[1].decode("utf-8", "replace")
         if event not in EVENTS:
@@ -553,8 +574,7 @@ def read_bitstamp_log(path: Path, instrument: Instrument) -> tuple[np.ndarray, R
                                "empty and left the book side unchanged")
     events = book.to_array()
     check_raw_events(events, path)
-    finish_report(report, events, first_ts * 1_000_000 if first_ts else None,
-                  prev_ts * 1_000_000 if prev_ts else None)
+    finish_report(report, events, clock.first_ns, clock.last_ns)
     return events, report
 
 

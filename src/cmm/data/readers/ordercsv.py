@@ -37,6 +37,7 @@ from cmm.data.readers.bitstamp import (
     ASK,
     BID,
     SATOSHI_PER_BTC,
+    LineClock,
     OrderLevelBook,
     finish_report,
     parse_number,
@@ -88,9 +89,7 @@ def read_order_csv(path: Path, instrument: Instrument) -> tuple[np.ndarray, Read
                          field=missing[0], expected=", ".join(COLUMNS), got=",".join(header))
     col = {c: header.index(c) for c in COLUMNS}
     width = max(col.values()) + 1
-    prev_ts = None
-    first_ts = None
-    prev_line = 0
+    clock = LineClock(path)
     for row in rows:
         lineno = rows.line_num
         if not row or (len(row) == 1 and not row[0].strip()):
@@ -100,12 +99,7 @@ def read_order_csv(path: Path, instrument: Instrument) -> tuple[np.ndarray, Read
             raise InputError("too few columns", file=path, line=lineno,
                              expected=f"{len(header)} columns", got=len(row))
         ms = _int(row[col["timestamp"]], file=path, line=lineno, field="timestamp", minimum=1)
-        if prev_ts is not None and ms < prev_ts:
-            raise InputError(f"timestamp goes backwards (line {prev_line} has {prev_ts})",
-                             file=path, line=lineno, field="timestamp",
-                             expected=f">= {prev_ts}", got=ms)
-        prev_ts, prev_line = ms, lineno
-        first_ts = ms if first_ts is None else first_ts
+        clock.advance(ms, lineno)
         _int(row[col["exchange.timestamp"]], file=path, line=lineno,
              field="exchange.timestamp", minimum=0)
         oid = _int(row[col["id"]], file=path, line=lineno, field="id")
@@ -138,5 +132,5 @@ def read_order_csv(path: Path, instrument: Instrument) -> tuple[np.ndarray, Read
                            "resting before the capture began are missing")
     events = book.to_array()
     check_raw_events(events, path)
-    finish_report(report, events, first_ts * 1_000_000, prev_ts * 1_000_000)
+    finish_report(report, events, clock.first_ns, clock.last_ns)
     return events, report
