@@ -119,6 +119,31 @@ def test_whole_pipeline_writes_a_complete_report(tiny_run):
     assert "<table>" in html and "CMM (Hájek-MoE)" in html
 
 
+def test_overview_puts_markets_side_by_side(tiny_run):
+    from cmm.report.render import _overview_blocks, fmt
+
+    manifest = json.loads((tiny_run / "manifest.json").read_text())
+    tables = _tables(tiny_run)["tables"]
+    d = manifest["datasets"][0]
+    two = {**manifest, "datasets": [d, {**d, "dataset": "the same again"}]}  # same tables twice
+    blocks = _overview_blocks(tiny_run, two, tables)
+    titled = {b.text: blocks[i + 1] for i, b in enumerate(blocks) if b.kind in ("h2", "h3")}
+    assert {"Overview across markets", "CMM against its teacher", "Ablations",
+            "Mixture controls", "Pretrained vs random-init backbone",
+            "Robustness: the most volatile episodes", "Robustness: flash crash",
+            "Fluorescent probe"} <= set(titled)
+    overview = titled["Overview across markets"]
+    assert overview.headers == ["policy", "tiny-btcusdt", "the same again", "mean rank"]
+    main = {r["label"]: r for r in tables["tiny-btcusdt"]["main"]}
+    assert [row[0] for row in overview.rows] == list(main)
+    for row in overview.rows:
+        assert row[1] == row[2] == fmt(main[row[0]]["EPnL"])
+        assert (row[3] == "–") == (row[0] == "oracle (upper bound)")
+    pair = titled["CMM against its teacher"].rows
+    assert len(pair) == 2 and pair[0][-1].endswith("x")
+    assert len(titled["Fluorescent probe"].rows) == 2  # one seed per market
+
+
 def test_stage_folders_describe_themselves(tiny_run):
     seed = tiny_run / "tiny-btcusdt" / "seed0"
     marker = json.loads((seed / "distill" / "stage.json").read_text())

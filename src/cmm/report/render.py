@@ -87,7 +87,7 @@ def _doc(run_dir: Path, manifest: dict, tables: dict, fig_dir: Path) -> list[Blo
                      str(len(d["episodes"]["start_ns"])), str(len(d["episodes"]["volatile"]))]
                     for d in manifest["datasets"]]))
     if len(manifest["datasets"]) > 1:
-        B += _overview_blocks(manifest, tables)
+        B += _overview_blocks(run_dir, manifest, tables)
     for d in manifest["datasets"]:
         B += _dataset_blocks(run_dir, manifest, d, tables[d["slug"]], fig_dir, rep)
     gaps = missing_cells(tables)
@@ -119,26 +119,98 @@ def epnl_ranks(tables: dict, slugs: list[str]) -> dict[str, list[int]]:
     return ranks
 
 
-def _overview_blocks(manifest: dict, tables: dict) -> list[Block]:
-    """The main table's policies across markets: EPnL per market and the mean EPnL rank."""
-    ds = manifest["datasets"]
-    first = tables[ds[0]["slug"]]["main"]
-    slugs, labels = [r["slug"] for r in first], {r["slug"]: r["label"] for r in first}
-    ranks = epnl_ranks({d["slug"]: tables[d["slug"]] for d in ds}, slugs)
+def _across(tables: dict, ds: list[dict], key: str, metric: str = "EPnL",
+            slugs: list[str] | None = None) -> tuple[list[str], list[list[str]]]:
+    """Rows of table ``key`` (its policies, in the first market's order) with ``metric`` in one
+    column per market."""
+    order: list[str] = []
+    labels: dict[str, str] = {}
+    for d in ds:
+        for r in tables[d["slug"]].get(key, []):
+            if r["slug"] not in labels:
+                order.append(r["slug"])
+                labels[r["slug"]] = r["label"]
     rows = []
-    for s in slugs:
+    for s in (slugs if slugs is not None else order):
+        if s not in labels:
+            continue
         row = [labels[s]]
         for d in ds:
-            r = next((r for r in tables[d["slug"]]["main"] if r["slug"] == s), None)
-            row.append("(not run)" if r is None or r.get("missing") else fmt(r["EPnL"]))
-        row.append("–" if not ranks[s] else f"{np.mean(ranks[s]):.2g}")
+            r = next((r for r in tables[d["slug"]].get(key, []) if r["slug"] == s), None)
+            row.append("(not run)" if r is None or r.get("missing") else fmt(r.get(metric)))
         rows.append(row)
+    return ["policy"] + [d["dataset"] for d in ds], rows
+
+
+def _overview_blocks(run_dir: Path, manifest: dict, tables: dict) -> list[Block]:
+    """Every market side by side: EPnL per market and mean rank, CMM against its teacher, then
+    the ablations, mixture controls, backbone control, robustness and probe in one table each."""
+    ds = manifest["datasets"]
+    first = tables[ds[0]["slug"]]["main"]
+    slugs = [r["slug"] for r in first]
+    ranks = epnl_ranks({d["slug"]: tables[d["slug"]] for d in ds}, slugs)
+    headers, rows = _across(tables, ds, "main")
+    for row, s in zip(rows, slugs):
+        row.append("–" if not ranks[s] else f"{np.mean(ranks[s]):.2g}")
     n_rank = sum(1 for s in slugs if s != "oracle")
-    return [Block("h2", "Overview across markets"),
-            Block("table", f"test EPnL per market (quote currency, mean ± std over episodes "
-                           f"and seeds) and the mean rank by EPnL over the markets (1 = best of "
-                           f"{n_rank}; the oracle is a bound and takes no rank)",
-                  ["policy"] + [d["dataset"] for d in ds] + ["mean rank"], rows)]
+    B = [Block("h2", "Overview across markets"),
+         Block("table", f"test EPnL per market (quote currency per episode, mean ± std over "
+                        f"episodes and seeds) and the mean rank by EPnL over the markets (1 = "
+                        f"best of {n_rank}; the oracle is a bound and takes no rank)",
+               headers + ["mean rank"], rows)]
+
+    pair_rows = []
+    for d in ds:
+        main = {r["slug"]: r for r in tables[d["slug"]]["main"] if not r.get("missing")}
+        c, te = main.get("cmm"), main.get("teacher")
+        if not c or not te:
+            continue
+        lc, lt = (c.get("latency_ms") or {}).get("mean"), (te.get("latency_ms") or {}).get("mean")
+        pair_rows.append([d["dataset"], fmt(c["EPnL"]), fmt(te["EPnL"]), fmt(c["PnLMAP"]),
+                          fmt(te["PnLMAP"]), fmt(c["latency_ms"], 3), fmt(te["latency_ms"], 3),
+                          f"{lt / lc:,.0f}x" if lc and lt else "–"])
+    if pair_rows:
+        B.append(Block("h3", "CMM against its teacher"))
+        B.append(Block("table", "the student mixture and the LLM it was distilled from, each "
+                                "quoting with its own decision latency",
+                       ["market", "CMM EPnL", "teacher EPnL", "CMM PnLMAP", "teacher PnLMAP",
+                        "CMM latency (ms)", "teacher latency (ms)", "speed-up"], pair_rows))
+    for key, title, caption in (
+            ("ablations", "Ablations", "test EPnL of CMM and of CMM without one decomposition"),
+            ("gates", "Mixture controls", "test EPnL of the same experts under each gate"),
+            ("backbone", "Pretrained vs random-init backbone",
+             "test EPnL of the teacher on a pretrained and on a randomly initialised backbone")):
+        if any(tables[d["slug"]].get(key) for d in ds):
+            headers, rows = _across(tables, ds, key)
+            B.append(Block("h3", title))
+            B.append(Block("table", caption, headers, rows))
+    if any(tables[d["slug"]].get("robustness") for d in ds):
+        for metric, title, caption in (
+                ("EPnL_volatile", "Robustness: the most volatile episodes",
+                 "test EPnL over the most volatile third of test episodes"),
+                ("EPnL_crash", "Robustness: flash crash",
+                 "test EPnL with a synthetic flash crash in every test episode")):
+            headers, rows = _across(tables, ds, "robustness", metric)
+            if any(c != "–" for row in rows for c in row[1:]):
+                B.append(Block("h3", title))
+                B.append(Block("table", caption, headers, rows))
+    probe_rows = []
+    for d in ds:
+        for seed in manifest["seeds"]:
+            path = run_dir / d["slug"] / f"seed{seed}" / "probe" / "probe.json"
+            if path.is_file():
+                probe = json.loads(path.read_text())
+                pattern = probe.get("paper_pattern", {})
+                probe_rows.append([d["dataset"], str(seed), ", ".join(
+                    f"{k} → {v}" for k, v in probe["all"]["assignment"].items()),
+                    "n/a" if not pattern.get("applicable") else
+                    "holds" if pattern.get("holds") else "does not hold"])
+    if probe_rows:
+        B.append(Block("h3", "Fluorescent probe"))
+        B.append(Block("table", "task → layer group of the teacher per market and seed; the "
+                                "paper found shallow → mid-price, middle → spread, deep → volume",
+                       ["market", "seed", "assignment", "paper's pattern"], probe_rows))
+    return B
 
 
 def _metric_row(r: dict, extra: list[str] = ()) -> list[str]:
