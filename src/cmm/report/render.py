@@ -97,8 +97,12 @@ def _doc(run_dir: Path, manifest: dict, tables: dict, fig_dir: Path) -> list[Blo
     stages = manifest.get("stages", {})
     if stages:
         B.append(Block("h2", "Stages"))
-        B.append(Block("table", "time of each stage in this invocation (cached: done by an "
-                                "earlier invocation, skipped)",
+        total = sum(v["seconds"] for v in stages)
+        B.append(Block("p", f"{len(stages)} stages, {total / 60:.1f} min of stage time in all "
+                            f"({sum(v['cached'] for v in stages)} of them done by an earlier "
+                            f"invocation of the run and skipped by this one)."))
+        B.append(Block("table", "seconds each stage took when it ran (cached: run by an "
+                                "earlier invocation, skipped by this one)",
                        ["stage", "seconds", "cached"],
                        [[v["stage"], f"{v['seconds']:.1f}", "yes" if v["cached"] else ""]
                         for v in stages]))
