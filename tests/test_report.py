@@ -45,6 +45,7 @@ def test_one_seed_has_no_spread_and_zero_map_gives_no_ratio():
     assert fmt(m["PnLMAP"].to_json()) == "–"
     assert fmt({"mean": 1234.5678, "std": 0.01234, "n": 3}) == "1235 ± 0.0123"
     assert fmt({"mean": 2.5e6, "std": None}) == "2,500,000"
+    assert fmt({"mean": -26.02, "std": 2.63e-13, "n": 3}) == "-26.02 ± 0"
 
 
 def test_missing_cells_name_the_table_and_row():

@@ -36,6 +36,8 @@ def fmt(stat: dict | None, digits: int = 4) -> str:
         return "–"
     m, s = stat["mean"], stat.get("std")
     text = _num(m, digits)
+    if s is not None and abs(s) <= 1e-9 * abs(m):
+        s = 0.0  # equal values (a deterministic policy over seeds) differ only by rounding
     if s is not None:
         text += f" ± {_num(s, 3)}"
     return text
