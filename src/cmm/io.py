@@ -12,6 +12,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from cmm.errors import InputError, StaleArtefactError
+
 PROJECT_ROOT_MARKER = "pyproject.toml"
 
 
@@ -99,8 +101,6 @@ def read_artefact_meta(folder: str | Path, meta_file: str, tensor_file: str, *, 
     """The JSON half of a saved ``<meta_file>`` + ``<tensor_file>`` artefact, checked: both
     files present (else InputError) and of this ``kind`` and schema (else StaleArtefactError);
     ``command`` is what makes the artefact. Returns the meta and the tensor file's path."""
-    from cmm.errors import InputError, StaleArtefactError
-
     folder = Path(folder)
     meta_path, tensor_path = folder / meta_file, folder / tensor_file
     for path in (meta_path, tensor_path):

@@ -35,10 +35,6 @@ META_FILE = "experts.json"
 TENSORS_FILE = "experts.safetensors"
 
 
-def _stale(message: str) -> Exception:
-    return StaleArtefactError(message)
-
-
 def read_probe(path: str | Path, teacher_dir: Path, dataset) -> dict:
     path = Path(path)
     if not path.is_file():
@@ -49,11 +45,11 @@ def read_probe(path: str | Path, teacher_dir: Path, dataset) -> dict:
     want = sha256_file(weights) if weights.is_file() else None
     got = probe.get("teacher", {}).get("weights_sha256")
     if want is not None and got is not None and got != want:
-        raise _stale(f"{path}: probe of another fit of the teacher ({got[:12]}, teacher now "
-                     f"{want[:12]}); run `cmm probe` again")
+        raise StaleArtefactError(f"{path}: probe of another fit of the teacher ({got[:12]}, "
+                                 f"teacher now {want[:12]}); run `cmm probe` again")
     if probe.get("data_cache_key") not in (None, dataset.cache_key):
-        raise _stale(f"{path}: probe made on data {probe.get('data_cache_key')}, not "
-                     f"{dataset.cache_key}; run `cmm probe` again")
+        raise StaleArtefactError(f"{path}: probe made on data {probe.get('data_cache_key')}, "
+                                 f"not {dataset.cache_key}; run `cmm probe` again")
     return probe
 
 
@@ -63,8 +59,8 @@ def load_split(dataset, teacher_dir: Path, split: str) -> tuple[SplitArrays, dic
     feats = load_features(teacher_dir, split, dataset)
     regime = np.asarray(dataset.regimes(split), np.int8)
     if len(feats.regime) != len(regime) or not np.array_equal(feats.regime, regime):
-        raise _stale(f"{teacher_dir}: features of split {split} do not line up with the "
-                     "dataset's samples; run `cmm teacher features` again")
+        raise StaleArtefactError(f"{teacher_dir}: features of split {split} do not line up "
+                                 "with the dataset's samples; run `cmm teacher features` again")
     arrays = SplitArrays(x=dataset.windows(split), y=dataset.targets(split),
                          teacher=feats.pred.astype(np.float32), hidden=feats.hidden,
                          regime=regime)
@@ -152,8 +148,9 @@ def read_experts(folder: str | Path, dataset=None
                                            schema_version=SCHEMA_VERSION, command="cmm distill")
     meta_path = Path(folder) / META_FILE
     if dataset is not None and meta["data"]["cache_key"] != dataset.cache_key:
-        raise _stale(f"{meta_path}: experts distilled on data {meta['data']['cache_key']}, "
-                     f"not {dataset.cache_key}; run `cmm distill` again")
+        raise StaleArtefactError(f"{meta_path}: experts distilled on data "
+                                 f"{meta['data']['cache_key']}, not {dataset.cache_key}; run "
+                                 "`cmm distill` again")
     tensors = load_file(str(tensor_path))
     specs = {d["name"]: StudentSpec.from_json(d) for d in meta["students"]}
     states: dict[str, dict[str, np.ndarray]] = {n: {} for n in specs}
