@@ -155,7 +155,7 @@ def _overview_blocks(run_dir: Path, manifest: dict, tables: dict) -> list[Block]
     first = tables[ds[0]["slug"]]["main"]
     slugs = [r["slug"] for r in first]
     ranks = epnl_ranks({d["slug"]: tables[d["slug"]] for d in ds}, slugs)
-    headers, rows = _across(tables, ds, "main")
+    headers, rows = _across(tables, ds, "main", slugs=slugs)
     for row, s in zip(rows, slugs):
         row.append("–" if not ranks[s] else f"{np.mean(ranks[s]):.2g}")
     n_rank = sum(1 for s in slugs if s != "oracle")
@@ -200,17 +200,8 @@ def _overview_blocks(run_dir: Path, manifest: dict, tables: dict) -> list[Block]
             if any(c != "–" for row in rows for c in row[1:]):
                 B.append(Block("h3", title))
                 B.append(Block("table", caption, headers, rows))
-    probe_rows = []
-    for d in ds:
-        for seed in manifest["seeds"]:
-            path = run_dir / d["slug"] / f"seed{seed}" / "probe" / "probe.json"
-            if path.is_file():
-                probe = json.loads(path.read_text())
-                pattern = probe.get("paper_pattern", {})
-                probe_rows.append([d["dataset"], str(seed), ", ".join(
-                    f"{k} → {v}" for k, v in probe["all"]["assignment"].items()),
-                    "n/a" if not pattern.get("applicable") else
-                    "holds" if pattern.get("holds") else "does not hold"])
+    probe_rows = [[d["dataset"]] + row for d in ds
+                  for row, _ in _probe_rows(run_dir, manifest["seeds"], d)]
     if probe_rows:
         B.append(Block("h3", "Fluorescent probe"))
         B.append(Block("table", "task → layer group of the teacher per market and seed; the "
@@ -334,11 +325,10 @@ def _summary(t: dict) -> str:
             "significant.") if parts else ""
 
 
-def _probe_blocks(run_dir: Path, manifest: dict, d: dict, fig_dir: Path) -> list[Block]:
-    B = []
-    rows = []
-    first = None
-    for seed in manifest["seeds"]:
+def _probe_rows(run_dir: Path, seeds: list[int], d: dict) -> list[tuple[list[str], Path]]:
+    """Per seed with a probe: [seed, assignment, whether the paper's pattern holds], folder."""
+    out = []
+    for seed in seeds:
         p = run_dir / d["slug"] / f"seed{seed}" / "probe"
         if not (p / "probe.json").is_file():
             continue
@@ -346,9 +336,16 @@ def _probe_blocks(run_dir: Path, manifest: dict, d: dict, fig_dir: Path) -> list
         pattern = probe.get("paper_pattern", {})
         verdict = ("n/a" if not pattern.get("applicable") else
                    "holds" if pattern.get("holds") else "does not hold")
-        rows.append([str(seed), ", ".join(f"{k} → {v}" for k, v in
-                                          probe["all"]["assignment"].items()), verdict])
-        first = first or p
+        out.append(([str(seed), ", ".join(f"{k} → {v}" for k, v in
+                                           probe["all"]["assignment"].items()), verdict], p))
+    return out
+
+
+def _probe_blocks(run_dir: Path, manifest: dict, d: dict, fig_dir: Path) -> list[Block]:
+    B = []
+    found = _probe_rows(run_dir, manifest["seeds"], d)
+    rows = [row for row, _ in found]
+    first = found[0][1] if found else None
     if rows:
         B.append(Block("h3", "Fluorescent probe"))
         B.append(Block("table", "task → layer group of the teacher; the paper found shallow → "
