@@ -88,9 +88,12 @@ def test_probe_finds_the_block_each_task_depends_on(taps):
     for k, block in enumerate(taps):
         assert probe.argmax_layer_[("mid", "spread", "volume")[k]] == block
         others = np.delete(probe.response_[:, k], block)
-        assert probe.response_[block, k] > 0 and np.allclose(others, 0.0)
-        assert probe.map_[block, k] == pytest.approx(1.0)  # the only task lit by that block
-    assert np.allclose(probe.map_[list(taps)].sum(axis=1), 1.0)
+        # Blocks that do not feed task k respond with float rounding only, whose size depends on
+        # the BLAS build: bound it relative to the tapped block's response, not by an absolute 1e-8.
+        assert probe.response_[block, k] > 0
+        assert np.all(np.abs(others) <= 1e-5 * probe.response_[block, k])
+        assert probe.map_[block, k] == pytest.approx(1.0, rel=1e-4)  # only that block lights it
+    assert np.allclose(probe.map_[list(taps)].sum(axis=1), 1.0, rtol=1e-4)
     expected = {t: b // 2 for t, b in zip(("mid", "spread", "volume"), taps, strict=True)}
     assert probe.assignment_ == expected
     assert set(probe.regimes_) == {"low", "mid", "high"}

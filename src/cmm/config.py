@@ -77,7 +77,42 @@ class DataConfig(FrozenModel):
     reader: ReaderConfig = ReaderConfig()
 
 
-DatasetFormat = Literal["binance", "bitstamp-log", "order-csv", "lobster", "hftbacktest-npz"]
+DatasetFormat = Literal["binance", "bitstamp-log", "order-csv", "lobster", "hftbacktest-npz",
+                        "databento-mbo"]
+
+
+# --- Reader options (a dataset spec's ``reader:`` mapping, checked against its format's model) --
+
+
+class NoReaderOptions(FrozenModel):
+    """Formats whose files say everything the reader needs: ``reader:`` must stay empty."""
+
+
+class LobsterOptions(FrozenModel):
+    """LOBSTER days. The first and last minutes of a session carry the opening and closing
+    auctions' effects (wide spreads, bursts of volume); these cut them. The book is seeded
+    from LOBSTER's own order-book row at the cut, so nothing of the day before it is lost."""
+
+    skip_open_minutes: float = Field(0.0, ge=0.0)  # dropped after the first message
+    skip_close_minutes: float = Field(0.0, ge=0.0)  # dropped before the last message
+
+
+class DatabentoOptions(FrozenModel):
+    """Databento MBO files. ``instrument_id``: the one instrument to rebuild when a file holds
+    several (None: the file must hold exactly one)."""
+
+    instrument_id: int | None = Field(None, ge=0)
+
+
+class OrderCsvOptions(FrozenModel):
+    """Order-level CSVs of other captures (format ``order-csv``); defaults read Bitstamp's."""
+
+
+READER_OPTIONS: dict[str, type[FrozenModel]] = {
+    "binance": NoReaderOptions, "bitstamp-log": NoReaderOptions, "order-csv": OrderCsvOptions,
+    "lobster": LobsterOptions, "hftbacktest-npz": NoReaderOptions,
+    "databento-mbo": DatabentoOptions,
+}
 
 M = TypeVar("M", bound=BaseModel)
 

@@ -189,7 +189,7 @@ def _build(spec: DatasetSpec, config: DataConfig, key: str, files: list[dict], o
     with _progress() as bar:
         task = bar.add_task(f"reading {spec.name}", total=len(files), visible=progress)
         for f in files:
-            events, report = reader(Path(f["path"]), inst)
+            events, report = reader(Path(f["path"]), inst, spec.reader_options)
             reads.append((Path(f["path"]), events, report))
             bar.advance(task)
 

@@ -8,16 +8,18 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import yaml
 from pydantic import Field, model_validator
 
 from cmm.config import (
+    READER_OPTIONS,
     DatasetFormat,
     FrozenModel,
     GridConfig,
     Instrument,
-    load_yaml_model,
+    read_yaml,
     validate_model,
 )
 from cmm.errors import UnknownNameError
@@ -41,6 +43,8 @@ class DatasetSpec(FrozenModel):
     grid: GridConfig | None = None  # None: the data config's grid
     description: str = ""
     sources: list[SourceFile] = []  # provenance and checksums (may list companion files)
+    # Format-specific reader settings, checked against READER_OPTIONS[format] (cmm.config).
+    reader: dict[str, Any] = {}
     # Folder that relative paths are resolved against; set by the loader, not by users.
     base_dir: str | None = None
 
@@ -60,6 +64,20 @@ class DatasetSpec(FrozenModel):
     def file_paths(self) -> list[Path]:
         return [self.resolve(f) for f in self.files]
 
+    @property
+    def reader_options(self) -> FrozenModel:
+        """``reader:`` as its format's typed options (defaults filled in)."""
+        return validate_model(READER_OPTIONS[self.format], self.reader, prefix=("reader",))
+
+
+def _validated(data: Any, file: Path | None = None,
+               lines: dict[tuple, int] | None = None) -> DatasetSpec:
+    """A spec with its ``reader:`` options checked too, errors located in the YAML file."""
+    spec = validate_model(DatasetSpec, data, file=file, lines=lines)
+    validate_model(READER_OPTIONS[spec.format], spec.reader, file=file, lines=lines,
+                   prefix=("reader",))
+    return spec
+
 
 def _registry_raw() -> dict:
     text = resources.files("cmm.data").joinpath("datasets.yaml").read_text()
@@ -67,8 +85,7 @@ def _registry_raw() -> dict:
 
 
 def builtin_datasets() -> dict[str, DatasetSpec]:
-    return {name: validate_model(DatasetSpec, {"name": name, **entry})
-            for name, entry in _registry_raw().items()}
+    return {name: _validated({"name": name, **entry}) for name, entry in _registry_raw().items()}
 
 
 def load_dataset_spec(name_or_path: str | Path, data_dir: str | Path | None = None) -> DatasetSpec:
@@ -77,7 +94,8 @@ def load_dataset_spec(name_or_path: str | Path, data_dir: str | Path | None = No
     text = str(name_or_path)
     if text.endswith((".yaml", ".yml")) or Path(text).is_file():
         path = Path(text).expanduser().resolve()
-        spec = load_yaml_model(DatasetSpec, path)
+        data, lines = read_yaml(path)
+        spec = _validated(data, file=path, lines=lines)
         if spec.base_dir is None:
             spec = spec.model_copy(update={"base_dir": str(path.parent)})
         return spec

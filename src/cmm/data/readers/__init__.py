@@ -1,7 +1,8 @@
 """Readers: one per source format, each turning one raw file into raw canonical events.
 
-A reader is a function ``read(path, instrument) -> (events, ReadReport)`` registered under its
-format name with :func:`register_reader`. Events are hftbacktest ``event_dtype`` rows in file
+A reader is a function ``read(path, instrument, options) -> (events, ReadReport)`` registered
+under its format name with :func:`register_reader`; ``options`` is the spec's ``reader:`` mapping
+as the format's typed model (``cmm.config.READER_OPTIONS``). Events are hftbacktest ``event_dtype`` rows in file
 order with nanosecond timestamps; :func:`cmm.data.events.finalize_events` orders them later.
 Errors are :class:`cmm.errors.InputError` naming the file, the line or record and the field.
 """
@@ -14,15 +15,15 @@ from pathlib import Path
 
 import numpy as np
 
-from cmm.config import Instrument
+from cmm.config import FrozenModel, Instrument
 from cmm.data.events import ReadReport
 from cmm.errors import UnknownNameError
 
-Reader = Callable[[Path, Instrument], tuple[np.ndarray, ReadReport]]
+Reader = Callable[[Path, Instrument, FrozenModel], tuple[np.ndarray, ReadReport]]
 
 _READERS: dict[str, Reader] = {}
 _BUILTIN = {"binance": "binance", "bitstamp-log": "bitstamp", "order-csv": "ordercsv",
-            "lobster": "lobster", "hftbacktest-npz": "npz"}
+            "lobster": "lobster", "hftbacktest-npz": "npz", "databento-mbo": "databento"}
 
 
 def register_reader(name: str) -> Callable[[Reader], Reader]:

@@ -59,7 +59,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 
-from cmm.config import Instrument
+from cmm.config import Instrument, NoReaderOptions
 from cmm.data.events import (
     BUY_EVENT,
     DEPTH_CLEAR_EVENT,
@@ -149,7 +149,8 @@ class _Sequencer:
 
 
 @register_reader("binance")
-def read_binance(path: Path, instrument: Instrument) -> tuple[np.ndarray, ReadReport]:
+def read_binance(path: Path, instrument: Instrument,
+                 options: NoReaderOptions = NoReaderOptions()) -> tuple[np.ndarray, ReadReport]:
     """Read one Binance capture (see the module docstring) into raw ``event_dtype`` rows in
     file order with nanosecond timestamps, and a report of what was seen.
 

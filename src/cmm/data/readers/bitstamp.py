@@ -68,7 +68,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 
-from cmm.config import Instrument
+from cmm.config import Instrument, NoReaderOptions
 from cmm.data.events import (
     BUY_EVENT,
     DEPTH_CLEAR_EVENT,
@@ -468,7 +468,8 @@ def _book_side(d: dict, key: str, tick: float, *, file, line) -> list[tuple[int,
 
 
 @register_reader("bitstamp-log")
-def read_bitstamp_log(path: Path, instrument: Instrument) -> tuple[np.ndarray, ReadReport]:
+def read_bitstamp_log(path: Path, instrument: Instrument,
+                      options: NoReaderOptions = NoReaderOptions()) -> tuple[np.ndarray, ReadReport]:
     """Read a Bitstamp order-level log (format C) into raw events; see the module docstring."""
     path = Path(path)
     text = read_bytes(path)

@@ -1,7 +1,8 @@
-"""Open plain, gzip or xz files by their magic bytes, turning truncation into an InputError."""
+"""Open plain, gzip, bzip2 or xz files by their magic bytes, turning truncation into an InputError."""
 
 from __future__ import annotations
 
+import bz2
 import gzip
 import lzma
 import zlib
@@ -24,6 +25,8 @@ def read_bytes(path: Path) -> bytes:
             data = gzip.decompress(raw)
         elif raw[:6] == b"\xfd7zXZ\x00":
             data = lzma.decompress(raw)
+        elif raw[:3] == b"BZh":
+            data = bz2.decompress(raw)
         else:
             data = raw
     except (EOFError, OSError, lzma.LZMAError, zlib.error) as exc:

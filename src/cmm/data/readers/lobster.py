@@ -44,7 +44,7 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 
-from cmm.config import Instrument
+from cmm.config import Instrument, LobsterOptions
 from cmm.data.events import (
     BUY_EVENT,
     DEPTH_CLEAR_EVENT,
@@ -184,7 +184,8 @@ def _read_book(path: Path, text: bytes) -> np.ndarray:
 
 
 @register_reader("lobster")
-def read_lobster(path: Path, instrument: Instrument) -> tuple[np.ndarray, ReadReport]:
+def read_lobster(path: Path, instrument: Instrument,
+                 options: LobsterOptions = LobsterOptions()) -> tuple[np.ndarray, ReadReport]:
     """Read a LOBSTER message file and its order-book sibling into raw events."""
     path = Path(path)
     if not path.is_file():

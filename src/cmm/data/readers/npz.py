@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cmm.config import Instrument
+from cmm.config import Instrument, NoReaderOptions
 from cmm.data.events import (
     DEPTH_CLEAR_EVENT,
     DEPTH_EVENT,
@@ -105,7 +105,8 @@ def load_event_array(path: Path) -> np.ndarray:
 
 
 @register_reader("hftbacktest-npz")
-def read_hftbacktest_npz(path: Path, instrument: Instrument) -> tuple[np.ndarray, ReadReport]:
+def read_hftbacktest_npz(path: Path, instrument: Instrument,
+                         options: NoReaderOptions = NoReaderOptions()) -> tuple[np.ndarray, ReadReport]:
     """Read an hftbacktest event file as raw events; see the module docstring."""
     path = Path(path)
     arr = load_event_array(path)

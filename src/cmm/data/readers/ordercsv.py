@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cmm.config import Instrument
+from cmm.config import Instrument, OrderCsvOptions
 from cmm.data.events import ReadReport, check_raw_events
 from cmm.data.readers import register_reader
 from cmm.data.readers.bitstamp import (
@@ -74,7 +74,8 @@ def _int(text: str, *, file, line, field: str, minimum: int | None = None) -> in
 
 
 @register_reader("order-csv")
-def read_order_csv(path: Path, instrument: Instrument) -> tuple[np.ndarray, ReadReport]:
+def read_order_csv(path: Path, instrument: Instrument,
+                   options: OrderCsvOptions = OrderCsvOptions()) -> tuple[np.ndarray, ReadReport]:
     """Read an order-level CSV (format D) into raw depth events; see the module docstring."""
     path = Path(path)
     text = read_bytes(path).decode("utf-8", "replace")
