@@ -329,7 +329,7 @@ def test_a_decision_sees_the_book_up_to_its_time_and_nothing_later():
               *book(300, 101.9, 102.2, 5.0),
               *book(2500, 101.9, 102.2, 5.0)]
     n = 4
-    preds = Predictions(np.zeros(n), np.full(n, 2.0), np.full(n, math.log1p(1.0)))
+    preds = Predictions(np.zeros(n), np.full(n, 2.0), np.full(n, math.log1p(1000.0)))  # 1 base
     r = replay(np.concatenate(events), LINEAR, np.array([100, 200, 300, 400]) * MS,
                np.zeros(n, np.int64), np.array([1000 * MS]), preds,
                ladder=LadderConfig(levels=1), config=CFG)

@@ -52,9 +52,13 @@ def test_targets_known_answer():
     mid = np.array([100.0, 101.0, 102.0, 99.0, 100.0])
     spread = np.array([1.0, 2.0, 3.0, 4.0, 5.0])
     vol = np.array([0.5, 1.0, 0.0, 2.0, 3.0])
-    y = F.targets(mid, spread, vol, np.array([0, 1]), horizon=2)
+    y = F.targets(mid, spread, vol, np.array([0, 1]), horizon=2, lot_size=1.0)
     np.testing.assert_allclose(y[0], [1e4 * 2 / 100, 2.5, np.log1p(1.0)])
     np.testing.assert_allclose(y[1], [1e4 * -2 / 101, 3.5, np.log1p(2.0)])
+    # volume in lots: 1.0 base of a 0.001-lot instrument is 1,000 lots
+    y_lots = F.targets(mid, spread, vol, np.array([0, 1]), horizon=2, lot_size=0.001)
+    np.testing.assert_allclose(y_lots[:, 2], np.log1p([1000.0, 2000.0]))
+    np.testing.assert_allclose(y_lots[:, :2], y[:, :2])
 
 
 def test_trailing_std_matches_naive():
@@ -91,8 +95,12 @@ def test_dataset_splits_regimes_and_windows(prepared):
     x = ds.windows("validation")
     assert x.shape == (by["validation"].len(), W, len(ds.feature_names)) and x.dtype == np.float32
     feats = ds.scaled_features()
+    session_rows = (ds.steps["session"] == ds.split_samples("validation")["session"][17]).to_numpy()
     row = ds.split_samples("validation").row(17, named=True)
-    np.testing.assert_array_equal(x[17], feats[row["session"]][row["step"] - W + 1: row["step"] + 1])
+    np.testing.assert_array_equal(x[17], feats[session_rows][row["step"] - W + 1: row["step"] + 1])
+    # the view holds an index, not a copy: the same windows, a fraction of the bytes
+    np.testing.assert_array_equal(np.asarray(x)[[3, 17]], x[[3, 17]])
+    assert x.nbytes * 100 < x.copy_nbytes
     assert (s["step"] >= W - 1).all()
     train_feats = ds.windows("train")[:, -1, :]
     assert abs(float(train_feats.mean())) < 0.2

@@ -25,10 +25,11 @@ def test_trapezoid_weights_shape():
 
 def test_worked_example_flat_inventory():
     # mid 100.05, spread 2 ticks -> half 0.1: bids floor(99.95/0.1)=999 -> 99.9, asks 100.2.
-    # size: 0.02 x expm1(log1p(2.5)) = 0.05 base; weights [.5,1,1,1,.5]/4 -> 6, 12, 12, 12, 6 lots.
+    # size: the volume signal is log1p of lots: 2,500 lots of 0.001 = 2.5 base, x 0.02 = 0.05 base;
+    # weights [.5,1,1,1,.5]/4 -> 6, 12, 12, 12, 6 lots.
     cfg = LadderConfig(levels=5, max_side_notional=1e9)
     q = quote_ladder(cfg, BTC, best_bid=100.0, best_ask=100.1, mid_bps=0.0, spread_ticks=2.0,
-                     volume_log1p=math.log1p(2.5))
+                     volume_log1p=math.log1p(2500))
     np.testing.assert_allclose(q.bid_px, [99.9, 99.8, 99.7, 99.6, 99.5])
     np.testing.assert_allclose(q.ask_px, [100.2, 100.3, 100.4, 100.5, 100.6])
     np.testing.assert_array_equal(q.bid_lots, [6, 12, 12, 12, 6])
@@ -37,19 +38,21 @@ def test_worked_example_flat_inventory():
 
 def test_inventory_skews_prices_and_shrinks_the_growing_side():
     # Q = 5000 / 100.05 = 49.975 base; q = Q/2 -> r = m - 2 * 0.5 ticks, bid side x 0.5.
+    # The volume signal is log1p(10,000 lots of 0.001) = 10 base.
     cfg = LadderConfig(levels=1, position_limit_notional=5000.0, max_side_notional=1e9,
                        participation=1.0, inventory_skew_ticks=2.0)
     Q = 5000 / 100.05
     flat = quote_ladder(cfg, BTC, best_bid=100.0, best_ask=100.1, mid_bps=0.0, spread_ticks=2.0,
-                        volume_log1p=math.log1p(10.0))
+                        volume_log1p=math.log1p(10_000.0))
     long = quote_ladder(cfg, BTC, best_bid=100.0, best_ask=100.1, mid_bps=0.0, spread_ticks=2.0,
-                        volume_log1p=math.log1p(10.0), position=Q / 2)
+                        volume_log1p=math.log1p(10_000.0), position=Q / 2)
     assert long.bid_px[0] == pytest.approx(flat.bid_px[0] - 0.1)
     assert long.ask_px[0] == pytest.approx(flat.ask_px[0] - 0.1)
     assert long.bid_qty[0] == pytest.approx(5.0)  # 10 x (1 - 1/2)
     assert long.ask_qty[0] == pytest.approx(10.0)
     at_limit = quote_ladder(cfg, BTC, best_bid=100.0, best_ask=100.1, mid_bps=0.0,
-                            spread_ticks=2.0, volume_log1p=math.log1p(10.0), position=Q)
+                            spread_ticks=2.0, volume_log1p=math.log1p(10_000.0),
+                            position=Q)
     assert at_limit.bid_qty.sum() == 0 and at_limit.ask_qty.sum() > 0
 
 
@@ -77,8 +80,8 @@ def ladder_case(draw):
         min_half_spread_ticks=draw(st.floats(0.5, 5)),
         inventory_skew_ticks=draw(st.floats(0, 20)),
         ramp_up_levels=draw(st.integers(0, 4)), ramp_down_levels=draw(st.integers(0, 4)),
-        participation=draw(st.floats(0, 1)), min_side_notional=draw(st.floats(0, 1000)),
-        max_side_notional=draw(st.floats(1, 1e5)),
+        participation=draw(st.floats(0, 1)), min_side_notional=(lo := draw(st.floats(0, 1000))),
+        max_side_notional=draw(st.floats(max(1.0, lo), 1e5)),
         position_limit_notional=draw(st.floats(10, 1e5)))
     tick = inst.tick_size
     bid_tick = draw(st.integers(100, 10_000_000))
@@ -130,3 +133,22 @@ def test_ladder_properties(case):
         assert np.all(d[dw > 1e-12] >= 0)
         assert np.all(d[dw < -1e-12] <= 0)
         assert np.all(d[np.abs(dw) <= 1e-12] == 0)
+
+
+def test_ladder_sizes_come_from_the_instrument_unless_set():
+    from cmm.config import Sizing
+    from cmm.data.spec import builtin_datasets
+    from cmm.errors import InputError
+    from cmm.strategy.ladder import LP_LIMIT, LP_MAX_SIDE, LP_MIN_SIDE, ladder_params
+
+    goog = builtin_datasets()["lobster-goog-2012-06-21"].instrument
+    p = ladder_params(LadderConfig(), goog)
+    # a side of at least one round lot of GOOG (~$570 a share), not the crypto default of 2,000
+    assert p[LP_MIN_SIDE] >= 100 * 500 and p[LP_MAX_SIDE] > p[LP_MIN_SIDE]
+    assert p[LP_LIMIT] == goog.sizing.position_limit_notional
+    own = ladder_params(LadderConfig(max_side_notional=1e6), goog)
+    assert own[LP_MAX_SIDE] == 1e6 and own[LP_MIN_SIDE] == p[LP_MIN_SIDE]
+    # an instrument without sizing keeps the historical defaults
+    assert ladder_params(LadderConfig(), BTC)[LP_MAX_SIDE] == Sizing().max_side_notional
+    with pytest.raises(InputError, match="min_side_notional"):
+        ladder_params(LadderConfig(min_side_notional=5e5, max_side_notional=1e5), goog)

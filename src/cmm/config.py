@@ -10,13 +10,39 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    model_validator,
+)
 
 from cmm.errors import InputError
 
 
 class FrozenModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Sizing(FrozenModel):
+    """A market's quote sizes, as notional in the quote currency (contracts of ``contract_size``
+    quote units for inverse instruments). A ladder uses them where its own settings leave them
+    unset, so a registered market quotes sizes that fit it: 2,000 is 0.03 BTC but 3 GOOG
+    shares, and one round lot of GOOG is ~57,000."""
+
+    min_side_notional: float = Field(0.0, ge=0.0)  # bounds of one side's total size
+    max_side_notional: float = Field(2_000.0, gt=0.0)
+    position_limit_notional: float = Field(5_000.0, gt=0.0)  # Q, as notional at the mid
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Sizing:
+        if self.min_side_notional > self.max_side_notional:
+            raise ValueError(f"min_side_notional {self.min_side_notional} is above "
+                             f"max_side_notional {self.max_side_notional}")
+        return self
 
 
 class Instrument(FrozenModel):
@@ -29,6 +55,7 @@ class Instrument(FrozenModel):
     inverse: bool = False
     maker_fee: float = 0.0  # fraction of traded value; negative = rebate
     taker_fee: float = 0.0
+    sizing: Sizing = Sizing()
 
 
 class GridConfig(FrozenModel):
@@ -105,7 +132,61 @@ class DatabentoOptions(FrozenModel):
 
 
 class OrderCsvOptions(FrozenModel):
-    """Order-level CSVs of other captures (format ``order-csv``); defaults read Bitstamp's."""
+    """Order-level CSVs of other captures (format ``order-csv``); defaults read Bitstamp's.
+
+    ``columns``: the file's header name for each column the reader needs (any not given keeps
+    its default). ``time_unit``: what ``timestamp`` counts since the epoch, as an integer.
+    ``volume_unit``: ``satoshi``, integer counts of 1e-8 base units, or ``base``, decimal base
+    units (0.5 = half a BTC, a share, a contract). Sizes are held as integers of 1e-8 base units
+    (of 10**-d if the instrument's ``lot_size`` has d > 8 decimals); finer ``base`` volumes are
+    an error, not rounded away. ``actions`` / ``directions``: the file's word for each event
+    kind and side (YAML numbers are fine: ``{bid: 0, ask: 1}``).
+    """
+
+    class Columns(FrozenModel):
+        model_config = ConfigDict(extra="forbid", frozen=True, coerce_numbers_to_str=True)
+        id: str = Field("id", min_length=1)
+        timestamp: str = Field("timestamp", min_length=1)  # the event time
+        # The order's creation time: only validated (integers >= 0), never used. Several names
+        # are tried in order; null: the file has no such column.
+        exchange_timestamp: str | tuple[str, ...] | None = ("exchange.timestamp",
+                                                            "exchange_timestamp")
+        price: str = Field("price", min_length=1)
+        volume: str = Field("volume", min_length=1)  # the order's remaining amount
+        action: str = Field("action", min_length=1)
+        direction: str = Field("direction", min_length=1)
+
+        def model_post_init(self, context: Any) -> None:
+            names = self.exchange_timestamp
+            if names == "" or names == () or (isinstance(names, tuple) and "" in names):
+                raise ValueError("exchange_timestamp: a name, a list of names, or null")
+
+    class Actions(FrozenModel):
+        model_config = ConfigDict(extra="forbid", frozen=True, coerce_numbers_to_str=True)
+        created: str = Field("created", min_length=1)
+        changed: str = Field("changed", min_length=1)
+        deleted: str = Field("deleted", min_length=1)
+
+        def model_post_init(self, context: Any) -> None:
+            words = [self.created.strip(), self.changed.strip(), self.deleted.strip()]
+            if len(set(words)) != 3 or "" in words:
+                raise ValueError("created, changed and deleted need distinct non-blank words")
+
+    class Directions(FrozenModel):
+        model_config = ConfigDict(extra="forbid", frozen=True, coerce_numbers_to_str=True)
+        bid: str = Field("bid", min_length=1)
+        ask: str = Field("ask", min_length=1)
+
+        def model_post_init(self, context: Any) -> None:
+            bid, ask = self.bid.strip(), self.ask.strip()
+            if bid == ask or not bid or not ask:
+                raise ValueError("bid and ask need distinct non-blank values")
+
+    columns: Columns = Columns()
+    time_unit: Literal["s", "ms", "us", "ns"] = "ms"
+    volume_unit: Literal["satoshi", "base"] = "satoshi"
+    actions: Actions = Actions()
+    directions: Directions = Directions()
 
 
 READER_OPTIONS: dict[str, type[FrozenModel]] = {
@@ -275,9 +356,18 @@ class LadderConfig(FrozenModel):
     ramp_up_levels: int = Field(1, ge=0)  # trapezoid: levels over which sizes rise ...
     ramp_down_levels: int = Field(1, ge=0)  # ... and fall at the far end
     participation: float = Field(0.02, ge=0.0)  # side size = this x predicted volume over H
-    min_side_notional: float = Field(0.0, ge=0.0)  # bounds of one side's total size
-    max_side_notional: float = Field(2_000.0, gt=0.0)
-    position_limit_notional: float = Field(5_000.0, gt=0.0)  # Q, as notional at the mid
+    # Bounds of one side's total size and the position limit Q, as notional at the mid. None:
+    # the instrument's own (Instrument.sizing, set per market in the dataset registry).
+    min_side_notional: float | None = Field(None, ge=0.0)
+    max_side_notional: float | None = Field(None, gt=0.0)
+    position_limit_notional: float | None = Field(None, gt=0.0)
+
+    def sizing(self, instrument: Instrument) -> Sizing:
+        """The sizes this ladder quotes on ``instrument``: its own where set, else the
+        instrument's."""
+        own = {k: v for k in Sizing.model_fields if (v := getattr(self, k)) is not None}
+        return validate_model(Sizing, {**instrument.sizing.model_dump(), **own},
+                              prefix=("ladder",))
 
 
 class BacktestConfig(FrozenModel):

@@ -82,11 +82,14 @@ def sigma(mid: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
 
 
 def targets(mid: np.ndarray, spread: np.ndarray, volume: np.ndarray, t: np.ndarray,
-            horizon: int) -> np.ndarray:
-    """(len(t), 3): future mid return (bps), mean spread over (t, t+H] (ticks), log1p of traded
-    base volume over (t, t+H]. Requires ``t + H < len(mid)``."""
+            horizon: int, lot_size: float) -> np.ndarray:
+    """(len(t), 3): future mid return (bps), mean spread over (t, t+H] (ticks), log1p of the
+    traded volume over (t, t+H] in lots (base volume / ``lot_size``). Requires ``t + H < len(mid)``.
+
+    In lots, so that the target spreads over the same range whatever the unit: BTC volumes of
+    0.001-10 would sit at log1p(v) = 0.001-2.4, squashed near 0, while share volumes do not."""
     c_spread = np.concatenate([[0.0], np.cumsum(spread)])
-    c_vol = np.concatenate([[0.0], np.cumsum(volume)])
+    c_vol = np.concatenate([[0.0], np.cumsum(volume / lot_size)])
     y_mid = 1e4 * (mid[t + horizon] - mid[t]) / mid[t]
     y_spread = (c_spread[t + horizon + 1] - c_spread[t + 1]) / horizon
     y_volume = np.log1p(c_vol[t + horizon + 1] - c_vol[t + 1])

@@ -29,12 +29,13 @@ from cmm.data.events import (
     finalize_events,
 )
 from cmm.data.grid import build_snapshots
-from cmm.data.readers import get_reader
+from cmm.data.readers import companion_files, get_reader
 from cmm.data.spec import DatasetSpec, load_dataset_spec
+from cmm.data.windows import Windows
 from cmm.errors import InputError
 from cmm.io import atomic_dir, default_cache_dir, sha256_file, stable_hash, write_json
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: volume target in lots
 SPLIT_IDS = {"train": 0, "validation": 1, "test": 2}
 
 
@@ -62,15 +63,20 @@ def _progress():
 
 
 def dataset_key(spec: DatasetSpec, config: DataConfig) -> tuple[str, list[dict]]:
-    files = []
+    files, companions = [], []
     for path in spec.file_paths():
+        if path.is_dir():
+            raise InputError("a folder where a data file is expected", file=path,
+                             expected="a file")
         if not path.is_file():
             raise InputError("data file not found (run `cmm data fetch "
                              f"{spec.name}` or set CMM_DATA_DIR)", file=path)
         files.append({"path": str(path), "sha256": sha256_file(path)})
+        # Companions that are missing are left to the reader, which names what it expected.
+        companions += [sha256_file(c) for c in companion_files(spec.format, path) if c.is_file()]
     spec_part = spec.model_dump(exclude={"base_dir", "description", "sources"})
     key = stable_hash({"schema": SCHEMA_VERSION, "spec": spec_part, "config": config.model_dump(),
-                       "files": [f["sha256"] for f in files]})
+                       "files": [f["sha256"] for f in files], "companions": companions})
     return key, files
 
 
@@ -173,7 +179,7 @@ def build_session(events: np.ndarray, inst, config: DataConfig) -> SessionArrays
     if len(t):
         bad = np.concatenate([[0], np.cumsum(~valid)])
         t = t[(bad[t + H + 1] - bad[t - W + 1] == 0) & np.isfinite(sig[t])]
-    y = F.targets(mid, spread, book["buy_vol"] + book["sell_vol"], t, H)
+    y = F.targets(mid, spread, book["buy_vol"] + book["sell_vol"], t, H, inst.lot_size)
     repairs = {"crossed_levels_removed": int(snaps["crossed_repairs"]),
                "levels_out_of_band": int(snaps["out_of_band"]),
                "leading_steps_dropped": first_valid, "invalid_steps_carried": int((~valid).sum())}
@@ -293,7 +299,7 @@ class PreparedDataset:
         self.regime_thresholds = tuple(self.meta["regime_thresholds"])
         self.steps = pl.read_parquet(self.folder / "steps.parquet")
         self.samples = pl.read_parquet(self.folder / "samples.parquet")
-        self._features: dict[int, np.ndarray] | None = None
+        self._features: np.ndarray | None = None
 
     @property
     def name(self) -> str:
@@ -307,13 +313,13 @@ class PreparedDataset:
         with np.load(self.folder / f"events_{session_id}.npz") as z:
             return z["data"]
 
-    def scaled_features(self) -> dict[int, np.ndarray]:
-        """Per session, (n_steps, F) float32 features scaled with training statistics."""
+    def scaled_features(self) -> np.ndarray:
+        """(n_steps, F) float32 features of every session, back to back in ``steps`` order,
+        scaled with training statistics; read once and shared by every window view."""
         if self._features is None:
             raw = pl.read_parquet(self.folder / "features.parquet").to_numpy().astype(np.float64)
-            scaled = ((raw - np.asarray(self.meta["scaler_mean"])) / np.asarray(self.meta["scaler_std"]))
-            sess = self.steps["session"].to_numpy()
-            self._features = {s.id: scaled[sess == s.id].astype(np.float32) for s in self.sessions}
+            scaled = (raw - np.asarray(self.meta["scaler_mean"])) / np.asarray(self.meta["scaler_std"])
+            self._features = scaled.astype(np.float32)
         return self._features
 
     def split_samples(self, split: str | None = None) -> pl.DataFrame:
@@ -323,19 +329,18 @@ class PreparedDataset:
             raise InputError("unknown split", field="split", expected="train, validation or test", got=split)
         return self.samples.filter(pl.col("split") == split)
 
-    def windows(self, split: str | None = None) -> np.ndarray:
-        """(N, W, F) float32 input windows ending at each sample's step."""
+    def windows(self, split: str | None = None) -> Windows:
+        """(N, W, F) float32 input windows ending at each sample's step, as a view over the
+        shared feature array (see :class:`cmm.data.windows.Windows`)."""
         W = self.config.features.window
-        feats = self.scaled_features()
         s = self.split_samples(split)
-        out = np.empty((len(s), W, len(self.feature_names)), np.float32)
-        sess, step = s["session"].to_numpy(), s["step"].to_numpy()
-        for sid, f in feats.items():
-            m = sess == sid
-            if m.any():
-                view = np.lib.stride_tricks.sliding_window_view(f, W, axis=0)  # (n-W+1, F, W)
-                out[m] = view[step[m] - W + 1].transpose(0, 2, 1)
-        return out
+        offsets = np.zeros(max(x.id for x in self.sessions) + 1, np.int64)
+        first = 0
+        for x in self.sessions:  # steps.parquet holds the sessions back to back in this order
+            offsets[x.id] = first
+            first += x.n_steps
+        starts = offsets[s["session"].to_numpy()] + s["step"].to_numpy().astype(np.int64) - W + 1
+        return Windows(self.scaled_features(), starts, W)
 
     def targets(self, split: str | None = None) -> np.ndarray:
         s = self.split_samples(split)

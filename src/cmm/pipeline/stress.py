@@ -266,7 +266,8 @@ def build_crash_dataset(ds, plan, episode_s: float, cfg: FlashCrashConfig,
         sm = (samples["session"] == sid).to_numpy()
         t = samples["step"].to_numpy()[sm].astype(np.int64)
         y = F.targets(arrays.mid, arrays.spread,
-                      arrays.book["buy_vol"] + arrays.book["sell_vol"], t, H)
+                      arrays.book["buy_vol"] + arrays.book["sell_vol"], t, H,
+                      ds.instrument.lot_size)
         sig = arrays.sigma[t]
         reg = F.assign_regimes(sig, ds.regime_thresholds)
         si = np.flatnonzero(sm)

@@ -39,7 +39,10 @@ def run_probe(teacher_dir: str | Path, dataset, config: ProbeConfig, out_dir: st
     model = load_teacher(teacher_dir, dataset, device=device)
     regimes = np.concatenate([dataset.regimes(s) for s in config.splits])
     idx = reference_indices(regimes, config.windows_per_regime)
-    windows = np.concatenate([dataset.windows(s) for s in config.splits])[idx]
+    # idx is sorted: each split's picks, cut from its own windows (views stay views).
+    bounds = np.cumsum([0] + [len(dataset.regimes(s)) for s in config.splits])
+    windows = np.concatenate([dataset.windows(s)[idx[(idx >= lo) & (idx < hi)] - lo]
+                              for s, lo, hi in zip(config.splits, bounds[:-1], bounds[1:])])
     probe = FluorescentProbe(alpha=config.alpha, draws=config.draws, groups=config.groups,
                              batch_size=config.batch_size, seed=config.seed)
     probe.fit(model, windows, regimes[idx], on_progress=on_progress)

@@ -111,10 +111,15 @@ class Market:
 def window_summary(windows: np.ndarray) -> np.ndarray:
     """(N, W, F) scaled windows -> (N, 2F) float32: the last step's features, then the mean of
     each feature over the window. The compact observation that keeps training fast."""
-    windows = np.asarray(windows, np.float32)
-    if windows.ndim != 3:
-        raise InputError("windows have the wrong shape", expected="(N, W, F)", got=windows.shape)
-    return np.concatenate([windows[:, -1, :], windows.mean(axis=1)], axis=1).astype(np.float32)
+    if getattr(windows, "ndim", None) != 3:
+        raise InputError("windows have the wrong shape", expected="(N, W, F)",
+                         got=getattr(windows, "shape", None))
+    out = np.empty((len(windows), 2 * windows.shape[2]), np.float32)
+    for start in range(0, len(windows), 4096):  # in blocks: a view of a full day stays a view
+        block = np.asarray(windows[start:start + 4096], np.float32)
+        out[start:start + len(block)] = np.concatenate([block[:, -1, :], block.mean(axis=1)],
+                                                       axis=1)
+    return out
 
 
 def _session_book(ds: PreparedDataset, sid: int, tick: float) -> SessionBook:

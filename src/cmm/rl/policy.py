@@ -46,12 +46,12 @@ __all__ = ["RLPolicy", "PPOPolicy", "DQNPolicy", "inventory_limit"]
 
 def inventory_limit(agent: Agent, instrument, mid: np.ndarray) -> np.ndarray:
     """The ladder's position limit ``Q`` in base units (contracts if inverse) at ``mid``."""
-    lad = agent.config.ladder
+    limit = agent.config.ladder.sizing(instrument).position_limit_notional
     mid = np.asarray(mid, np.float64)
     if instrument.inverse:
-        return np.full(mid.shape, lad.position_limit_notional / instrument.contract_size)
+        return np.full(mid.shape, limit / instrument.contract_size)
     with np.errstate(divide="ignore"):
-        return lad.position_limit_notional / (instrument.contract_size * mid)
+        return limit / (instrument.contract_size * mid)
 
 
 @register_policy("rl")

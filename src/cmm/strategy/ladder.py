@@ -7,8 +7,8 @@ From a predicted mid ``m``, spread ``s`` and volume ``v``, the inventory ``q`` a
   ``floor((r - max(s/2, tick)) / tick) * tick - j * step * tick``, asks mirrored with ``ceil``;
 - post-only: a side that would cross the current book is shifted back whole (its spacing kept),
   so bids stay <= best ask - 1 tick and asks >= best bid + 1 tick;
-- sizes: the side total is ``participation * expm1(v)`` (``v`` is ``log1p`` of the base volume
-  over the horizon), clipped to ``[min_side_notional, max_side_notional]``, scaled by
+- sizes: the side total is ``participation * expm1(v) * lot`` (``v`` is ``log1p`` of the volume
+  over the horizon in lots, the volume target's unit), clipped to ``[min_side_notional, max_side_notional]``, scaled by
   ``1 - |q|/Q`` on the side that would grow ``|q|`` (zero at ``|q| >= Q``), and capped so that even
   if every order of a side fills, ``|q|`` stays <= ``Q``; it is spread over the levels by trapezoid
   weights (rising over ``ramp_up_levels``, flat, falling over ``ramp_down_levels``) and floored to
@@ -73,9 +73,10 @@ def ladder_params(config: LadderConfig, instrument: Instrument) -> np.ndarray:
     p[LP_SPREAD_SCALE] = config.spread_scale
     p[LP_SKEW] = config.inventory_skew_ticks
     p[LP_PARTICIPATION] = config.participation
-    p[LP_MIN_SIDE] = config.min_side_notional
-    p[LP_MAX_SIDE] = config.max_side_notional
-    p[LP_LIMIT] = config.position_limit_notional
+    sizing = config.sizing(instrument)
+    p[LP_MIN_SIDE] = sizing.min_side_notional
+    p[LP_MAX_SIDE] = sizing.max_side_notional
+    p[LP_LIMIT] = sizing.position_limit_notional
     p[LP_TICK] = instrument.tick_size
     p[LP_LOT] = instrument.lot_size
     p[LP_CONTRACT] = instrument.contract_size
@@ -152,7 +153,8 @@ def ladder_kernel(p: np.ndarray, weights: np.ndarray, mid_bps: float, spread_tic
     if a0 < best_bid_tick + 1:
         a0 = best_bid_tick + 1
 
-    v = math.expm1(volume_log1p) if not math.isnan(volume_log1p) else 0.0
+    # the volume signal is log1p of lots (the target's unit): back to base units
+    v = math.expm1(volume_log1p) * lot if not math.isnan(volume_log1p) else 0.0
     total = p[LP_PARTICIPATION] * max(v, 0.0)
     total = min(max(total, p[LP_MIN_SIDE] * qpn), p[LP_MAX_SIDE] * qpn)
     bid_total = total

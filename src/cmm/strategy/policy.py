@@ -3,7 +3,7 @@
 A decision point is a row of ``ds.samples`` (a window end): the policy may use everything up to
 that row's ``ts_ns`` and nothing later. A policy answers, for every row of a split, either
 
-- :class:`Predictions`: mid return (bps), spread (ticks) and ``log1p`` volume over the horizon,
+- :class:`Predictions`: mid return (bps), spread (ticks) and ``log1p`` volume (lots) over the horizon,
   optionally an inventory skew; the replay turns them into quotes with the trapezoidal ladder
   using the book and the inventory at decision time; or
 - :class:`Quotes`: its own (K,) bid and ask prices and quantities; the replay only puts them on the
@@ -86,7 +86,7 @@ def _column(name: str, a: Any, n: int) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Predictions:
-    """Per split row: predicted mid return (bps), mean spread (ticks) and ``log1p`` base volume
+    """Per split row: predicted mid return (bps), mean spread (ticks) and ``log1p`` volume in lots
     over the horizon; ``skew_ticks`` (optional) overrides the ladder's inventory skew ``k_q``
     (ticks at the position limit). NaN: mid return 0, minimum spread, no size, default skew."""
 

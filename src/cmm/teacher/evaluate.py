@@ -51,41 +51,50 @@ class RidgeBaseline:
     def __init__(self, alphas: tuple[float, ...] = (0.1, 1.0, 10.0, 100.0, 1000.0)) -> None:
         self.alphas = tuple(alphas)
 
-    @staticmethod
-    def _flat(x: np.ndarray) -> np.ndarray:
-        return np.asarray(x, np.float64).reshape(len(x), -1)
+    block = 8192  # windows flattened at a time: a full day's split never exists flat at once
 
-    def fit(self, x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray,
-            y_val: np.ndarray) -> RidgeBaseline:
-        X = self._flat(x_train)
-        self.x_mean_ = X.mean(axis=0)
-        self.y_mean_ = np.asarray(y_train, np.float64).mean(axis=0)
-        Xc = X - self.x_mean_
-        Yc = np.asarray(y_train, np.float64) - self.y_mean_
-        gram, xty = Xc.T @ Xc, Xc.T @ Yc
-        eye = np.eye(gram.shape[0])
-        Xv = self._flat(x_val) - self.x_mean_
+    def _flat_blocks(self, x):
+        for start in range(0, len(x), self.block):
+            yield np.asarray(x[start:start + self.block], np.float64).reshape(
+                min(self.block, len(x) - start), -1)
+
+    def fit(self, x_train, y_train: np.ndarray, x_val, y_val: np.ndarray) -> RidgeBaseline:
+        """``x_*``: (N, W, F) arrays or :class:`cmm.data.windows.Windows` views."""
+        y_train = np.asarray(y_train, np.float64)
+        self.x_mean_ = sum(b.sum(axis=0) for b in self._flat_blocks(x_train)) / len(x_train)
+        self.y_mean_ = y_train.mean(axis=0)
+        Yc = y_train - self.y_mean_
+        d = len(self.x_mean_)
+        gram, xty = np.zeros((d, d)), np.zeros((d, y_train.shape[1]))
+        for i, b in enumerate(self._flat_blocks(x_train)):
+            bc = b - self.x_mean_
+            gram += bc.T @ bc
+            xty += bc.T @ Yc[i * self.block:i * self.block + len(b)]
+        eye = np.eye(d)
         yv = np.asarray(y_val, np.float64)
-        scale = np.trace(gram) / gram.shape[0]  # penalties are relative to the mean eigenvalue
-        self.coef_ = np.zeros((X.shape[1], y_train.shape[1]))
+        scale = np.trace(gram) / d  # penalties are relative to the mean eigenvalue
+        solutions = {a: np.linalg.solve(gram + a * scale * eye, xty) for a in self.alphas}
+        sq_err = {a: np.zeros(y_train.shape[1]) for a in self.alphas}
+        for i, b in enumerate(self._flat_blocks(x_val)):
+            bc = b - self.x_mean_
+            yb = yv[i * self.block:i * self.block + len(b)]
+            for a, w in solutions.items():
+                sq_err[a] += ((bc @ w + self.y_mean_ - yb) ** 2).sum(axis=0)
+        self.coef_ = np.zeros((d, y_train.shape[1]))
         self.alpha_ = []
         self.val_mse_ = []
         for k in range(y_train.shape[1]):
-            best = None
-            for a in self.alphas:
-                w = np.linalg.solve(gram + a * scale * eye, xty[:, k])
-                mse = float(((Xv @ w + self.y_mean_[k] - yv[:, k]) ** 2).mean())
-                if best is None or mse < best[0]:
-                    best = (mse, a, w)
-            self.val_mse_.append(best[0])
-            self.alpha_.append(best[1])
-            self.coef_[:, k] = best[2]
+            mse, a = min((float(sq_err[a][k] / len(yv)), a) for a in self.alphas)
+            self.val_mse_.append(mse)
+            self.alpha_.append(a)
+            self.coef_[:, k] = solutions[a][:, k]
         return self
 
-    def predict(self, x: np.ndarray) -> np.ndarray:
+    def predict(self, x) -> np.ndarray:
         if not hasattr(self, "coef_"):
             raise RuntimeError("RidgeBaseline is not fitted; call fit() first")
-        return (self._flat(x) - self.x_mean_) @ self.coef_ + self.y_mean_
+        parts = [(b - self.x_mean_) @ self.coef_ + self.y_mean_ for b in self._flat_blocks(x)]
+        return np.concatenate(parts) if parts else np.zeros((0, self.coef_.shape[1]))
 
 
 def last_realised(samples, split: str, horizon: int, fallback: np.ndarray) -> np.ndarray:

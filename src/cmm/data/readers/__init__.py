@@ -22,16 +22,29 @@ from cmm.errors import UnknownNameError
 Reader = Callable[[Path, Instrument, FrozenModel], tuple[np.ndarray, ReadReport]]
 
 _READERS: dict[str, Reader] = {}
+# Per format: the files a reader opens besides the one it is given (e.g. LOBSTER's order book
+# beside its message file), so that a dataset's cache key hashes every byte it reads.
+_COMPANIONS: dict[str, Callable[[Path], list[Path]]] = {}
 _BUILTIN = {"binance": "binance", "bitstamp-log": "bitstamp", "order-csv": "ordercsv",
             "lobster": "lobster", "hftbacktest-npz": "npz", "databento-mbo": "databento"}
 
 
-def register_reader(name: str) -> Callable[[Reader], Reader]:
+def register_reader(name: str, companions: Callable[[Path], list[Path]] | None = None
+                    ) -> Callable[[Reader], Reader]:
     def decorate(fn: Reader) -> Reader:
         _READERS[name] = fn
+        if companions is not None:
+            _COMPANIONS[name] = companions
         return fn
 
     return decorate
+
+
+def companion_files(name: str, path: Path) -> list[Path]:
+    """The files the ``name`` reader opens besides ``path`` itself."""
+    get_reader(name)
+    fn = _COMPANIONS.get(name)
+    return fn(Path(path)) if fn else []
 
 
 def get_reader(name: str) -> Reader:
