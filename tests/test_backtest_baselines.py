@@ -150,3 +150,28 @@ def test_oracle_beats_fixed_and_as_on_binance_btcusdt(prepared):
         epnl[name] = m["EPnL"]
     assert epnl["oracle"] > epnl["fixed"]
     assert epnl["oracle"] > epnl["as"]
+
+
+def test_a_policy_that_never_quotes_or_never_fills_is_warned_about(prepared):
+    """On the AAPL sample (~$580 a share), a 100-notional side is under one share: the fixed
+    spread rounds every side to 0 lots, and the warning names the setting that sized it."""
+    from cmm.backtest.runner import run_backtest
+    from cmm.config import BacktestConfig, LadderConfig
+
+    ds = prepared("lobster-aapl-sample")
+    cfg = BacktestConfig(episode_s=10.0)
+    fixed = get_policy("fixed").fit(ds)
+    silent = run_backtest(ds, fixed, "train", ladder=LadderConfig(max_side_notional=100.0),
+                          config=cfg)
+    assert len(silent.orders) == 0 and len(silent.warnings) == 1
+    w = silent.warnings[0]
+    assert "never quoted" in w and "ladder.min_side_notional..max_side_notional = 0..100" in w
+    assert "ladder: in the run configuration" in w
+    # sized for the market, the same policy quotes, and is not warned about unless it never fills
+    sized = run_backtest(ds, fixed, "train", ladder=LadderConfig(max_side_notional=1e5,
+                                                                  min_side_notional=6e4),
+                         config=cfg)
+    assert len(sized.orders) > 0
+    assert all("never quoted" not in x for x in sized.warnings)
+    if len(sized.fills) == 0:
+        assert "never filled" in sized.warnings[0]

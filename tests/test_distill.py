@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from cmm.config import DistillConfig, ExpertConfig, StudentTrainConfig
+from cmm.data.windows import Windows
 from cmm.distill.executor import ProcessExecutor, SerialExecutor, get_executor
 from cmm.distill.plan import SplitArrays, build_jobs, build_variants
 from cmm.distill.students import (
@@ -98,7 +99,8 @@ def _split(n, regimes, seed=0):
     y = np.stack([x[:, -1, 0], 1 + x[:, :, 1].mean(1), x[:, :, 2].std(1)], 1).astype(np.float32)
     hidden = rng.standard_normal((n, L, D)).astype(np.float16)
     hidden[:, :, 0] = x[:, -1, 0:1]  # some teacher features the student can learn
-    return SplitArrays(x, y, y + 0.1 * rng.standard_normal(y.shape).astype(np.float32), hidden,
+    return SplitArrays(Windows.from_stacked(x), y,
+                       y + 0.1 * rng.standard_normal(y.shape).astype(np.float32), hidden,
                        np.asarray(regimes, np.int8))
 
 

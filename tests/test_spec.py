@@ -85,3 +85,18 @@ def test_unknown_dataset_lists_valid_names():
 def test_registry_paths_resolve_in_data_dir(data_dir):
     spec = load_dataset_spec("lobster-aapl-sample")
     assert spec.file_paths()[0] == (Path(data_dir) / spec.files[0]).resolve()
+
+
+def test_grid_fields_set_in_the_data_config_override_the_dataset_s_own():
+    from cmm.config import DataConfig, GridConfig
+    from cmm.data.prepare import _effective_config
+    from cmm.data.spec import load_dataset_spec
+
+    spec = load_dataset_spec("bitstamp-btcusd-2015-05-01")  # registered at 1 s, 10 levels
+    assert _effective_config(spec, None).grid.dt_ms == 1000
+    assert _effective_config(spec, DataConfig()).grid.dt_ms == 1000
+    # asking for the default step explicitly is still asking for it
+    assert _effective_config(spec, DataConfig(grid=GridConfig(dt_ms=100))).grid.dt_ms == 100
+    aapl = load_dataset_spec("lobster-aapl-2012-06-21")  # 1 level: kept when only dt is set
+    g = _effective_config(aapl, DataConfig.model_validate({"grid": {"dt_ms": 500}})).grid
+    assert (g.dt_ms, g.levels) == (500, 1)

@@ -207,6 +207,7 @@ class BacktestResult:
     orders: pl.DataFrame
     settings: dict = field(default_factory=dict)
     wall_s: float = 0.0
+    warnings: list[str] = field(default_factory=list)  # e.g. a policy that never quoted
 
     @property
     def currency(self) -> str:
@@ -243,7 +244,34 @@ def run_backtest(ds: PreparedDataset, policy: Policy, split: str = "test", *,
     settings = {"ladder": ladder.model_dump(), "backtest": config.model_dump(),
                 "policy": policy.describe(), "dataset_key": getattr(ds, "cache_key", None),
                 "split": split}
-    return BacktestResult(dataset=ds.name, policy=policy.name, split=split, instrument=inst,
-                          episodes=pl.concat(eps), records=pl.concat(recs),
-                          fills=pl.concat(fills), orders=pl.concat(ords), settings=settings,
-                          wall_s=wall)
+    result = BacktestResult(dataset=ds.name, policy=policy.name, split=split, instrument=inst,
+                            episodes=pl.concat(eps), records=pl.concat(recs),
+                            fills=pl.concat(fills), orders=pl.concat(ords), settings=settings,
+                            wall_s=wall)
+    result.warnings = sizing_warnings(result, ladder, isinstance(output, Quotes))
+    return result
+
+
+def sizing_warnings(result: BacktestResult, ladder: LadderConfig, own_quotes: bool) -> list[str]:
+    """A line for a policy that never quoted, or quoted and never filled, naming what sized it:
+    on a market whose sizes do not fit the ladder's bounds (2,000 of quote currency is 3 GOOG
+    shares) every rule-based policy is silent, and an all-zero row would look like a result."""
+    what = f"{result.policy} on {result.dataset} ({result.split})"
+    if own_quotes:
+        sized_by = "the policy's own quote sizes"
+    else:
+        sz = ladder.sizing(result.instrument)
+        own = [k for k in ("min_side_notional", "max_side_notional")
+               if getattr(ladder, k) is not None]
+        source = ("ladder: in the run configuration" if own
+                  else "the instrument's sizing in the dataset spec")
+        sized_by = (f"ladder.participation ({ladder.participation}) x predicted volume, clipped to "
+                    f"ladder.min_side_notional..max_side_notional = {sz.min_side_notional:g}.."
+                    f"{sz.max_side_notional:g} ({source}), in lots of "
+                    f"{result.instrument.lot_size:g}")
+    if len(result.orders) == 0:
+        return [f"{what} never quoted: every side rounded to 0 lots; sizes come from {sized_by}"]
+    if len(result.fills) == 0:
+        return [f"{what} quoted {len(result.orders)} orders but never filled; sizes come from "
+                f"{sized_by}, prices from ladder.min_half_spread_ticks and the predicted spread"]
+    return []

@@ -120,7 +120,8 @@ def backtest(
             write_json(tmp / "metrics.json", {
                 "schema_version": SCHEMA_VERSION, "metrics": metrics,
                 "settings": result.settings, "dataset": ds.name, "dataset_key": ds.cache_key,
-                "instrument": result.instrument.model_dump(), "wall_s": result.wall_s})
+                "instrument": result.instrument.model_dump(), "wall_s": result.wall_s,
+                "warnings": result.warnings})
             episode_metrics(result).write_csv(tmp / "episodes.csv")
             result.fills.write_csv(tmp / "fills.csv")
             result.records.write_parquet(tmp / "records.parquet")
@@ -128,7 +129,10 @@ def backtest(
                 for e in result.episodes["episode"].to_list():
                     plot_episode(result, e, tmp / f"episode_{e:03d}.png")
         runs.append({"metrics": metrics, "latency_ns": pol.latency_ns, "wall_s": result.wall_s,
-                     "folder": folder})
+                     "folder": folder, "warnings": result.warnings})
     console.print(metrics_table(runs))
     for r in runs:
         console.print(f"{r['metrics']['policy']}: {r['folder']}")
+    for r in runs:
+        for w in r["warnings"]:
+            console.print(f"[yellow]warning:[/yellow] {w}", highlight=False)

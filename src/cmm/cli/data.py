@@ -72,14 +72,20 @@ def inspect(
     out: Annotated[Path, typer.Option(help="Folder for the summary JSON and the PNG.")] = Path("runs/inspect"),
     cache_dir: CacheOpt = None,
 ) -> None:
-    """Summary table plus a PNG of mid, spread, depth, traded volume and regimes over time."""
-    from cmm.data.inspect import plot_dataset, summary, summary_table
+    """Summary table plus a PNG of mid, spread, depth, traded volume and regimes over time, and
+    for captures of an hour or more the intraday pattern (spread, volume, volatility per 5
+    minutes of local time of day) as a second PNG."""
+    from cmm.data.inspect import intraday_path, plot_dataset, summary, summary_table
     from cmm.data.prepare import prepare_dataset
     from cmm.io import write_json
 
     ds = prepare_dataset(dataset, cache_dir=cache_dir)
+    facts = summary(ds)
     console.print(summary_table(ds))
+    console.print(facts["intraday"]["line"], highlight=False, soft_wrap=True)
     out.mkdir(parents=True, exist_ok=True)
     png = plot_dataset(ds, out / f"{ds.name}.png")
-    write_json(out / f"{ds.name}.json", summary(ds))
-    console.print(f"wrote {png} and {out / (ds.name + '.json')}")
+    write_json(out / f"{ds.name}.json", facts)
+    written = [png] + [p for p in (intraday_path(png),) if p.is_file()]
+    console.print(f"wrote {', '.join(map(str, written))} and {out / (ds.name + '.json')}",
+                  highlight=False, soft_wrap=True)

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from cmm.config import DataConfig
+from cmm.config import DataConfig, GridConfig
 from cmm.data import features as F
 from cmm.data.events import (
     DEPTH_SNAPSHOT_EVENT,
@@ -49,10 +49,16 @@ class SessionInfo:
 
 
 def _effective_config(spec: DatasetSpec, config: DataConfig | None) -> DataConfig:
+    """The data settings for ``spec``: its own grid, with each grid field that ``config`` sets
+    explicitly taking precedence (so ``grid: {dt_ms: 100}`` asks for 100 ms even on a dataset
+    registered at 1 s, and keeps that dataset's level count)."""
     config = config or DataConfig()
-    if spec.grid is not None and config.grid == DataConfig().grid:
-        config = config.model_copy(update={"grid": spec.grid})
-    return config
+    if spec.grid is None:
+        return config
+    grid = config.grid
+    own = grid.model_dump(include=grid.model_fields_set) if "grid" in config.model_fields_set else {}
+    return config.model_copy(update={"grid": GridConfig.model_validate(
+        {**spec.grid.model_dump(), **own})})
 
 
 def _progress():
@@ -167,7 +173,8 @@ def build_session(events: np.ndarray, inst, config: DataConfig) -> SessionArrays
     first_valid = int(np.argmax(valid))
     sl = slice(first_valid, None)
     valid = valid[sl]
-    book = {k: _ffill_rows(snaps[k][sl], valid) for k in ("bid_px", "bid_sz", "ask_px", "ask_sz")}
+    # pop: each raw level array is dropped as soon as its carried copy exists (a day at 100 ms)
+    book = {k: _ffill_rows(snaps.pop(k)[sl], valid) for k in ("bid_px", "bid_sz", "ask_px", "ask_sz")}
     book.update({k: snaps[k][sl] for k in ("buy_vol", "sell_vol", "trade_count")})
     n = len(valid)
     ts = (start + (np.arange(n) + first_valid) * dt_ns).astype(np.int64)
@@ -204,9 +211,13 @@ def _build(spec: DatasetSpec, config: DataConfig, key: str, files: list[dict], o
     global_offset = 0
     for sid, members in enumerate(_join_sessions(reads, int(config.reader.join_gap_s * 1e9))):
         raw = np.concatenate([reads[i][1] for i in members])
+        for i in members:  # a full day's raw arrays are hundreds of MB: keep only the reports
+            reads[i] = (reads[i][0], None, reads[i][2])
         events = finalize_events(raw, config.reader.base_latency_ns)
+        del raw
         np.savez(out / f"events_{sid}.npz", data=events)
         arrays = build_session(events, inst, config)
+        del events
         if arrays is None:
             repairs.append({"session": sid, "skipped": "no step with a full, uncrossed book"})
             continue

@@ -81,6 +81,14 @@ class Windows:
         for start in range(0, len(self), size):
             yield self[start:start + size]
 
+    @classmethod
+    def from_stacked(cls, x: np.ndarray) -> Windows:
+        """Windows already stacked as ``(N, W, F)`` (in-memory datasets, tests) as a view: one
+        window after the other in the feature array, so every consumer sees one type."""
+        x = np.ascontiguousarray(x, np.float32)
+        n, w, f = x.shape
+        return cls(x.reshape(n * w, f), np.arange(n, dtype=np.int64) * w, w)
+
     def take(self, idx) -> Windows:
         """The windows at ``idx`` as another view (nothing copied)."""
         return Windows(self.features, self.starts[idx], self.window)

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from cmm.config import DistillConfig
+from cmm.data.windows import Windows
 from cmm.distill.students import TASKS, StudentSpec, matched_expert, mlp_parameters
 from cmm.distill.train import StudentData, StudentJob
 from cmm.errors import InputError
@@ -34,11 +35,11 @@ ABLATIONS = ("no_layer", "no_task", "no_data")
 
 @dataclass
 class SplitArrays:
-    """One split as the distillation reads it. x: (N, W, F); y: (N, 3) targets in units;
+    """One split as the distillation reads it. x: (N, W, F) window view; y: (N, 3) targets in units;
     teacher: (N, 3) teacher predictions in units; hidden: (N, L, d) pooled block outputs;
     regime: (N,) int."""
 
-    x: np.ndarray
+    x: Windows
     y: np.ndarray
     teacher: np.ndarray
     hidden: np.ndarray
@@ -233,7 +234,7 @@ def build_jobs(variants: list[Variant], config: DistillConfig, train: SplitArray
             own_val = np.flatnonzero(np.isin(validation.regime, s.regimes))
             if len(own_val) >= config.min_validation_samples:
                 fit_idx = np.flatnonzero(w > 0)
-                stop_set = StudentData(validation.x[own_val], vy[own_val][:, cols],
+                stop_set = StudentData(validation.x.take(own_val), vy[own_val][:, cols],
                                        vt[own_val][:, cols],
                                        [hint_targets("validation", h)[own_val]
                                         for h in s.hints],
@@ -248,12 +249,12 @@ def build_jobs(variants: list[Variant], config: DistillConfig, train: SplitArray
                 cut = own[int(len(own) * (1 - config.holdout_fraction))]
                 fit_idx = np.flatnonzero((w > 0) & (np.arange(len(w)) < cut))
                 stop_idx = own[own >= cut]
-                stop_set = StudentData(train.x[stop_idx], ty[stop_idx][:, cols],
+                stop_set = StudentData(train.x.take(stop_idx), ty[stop_idx][:, cols],
                                        tt[stop_idx][:, cols],
                                        [hint_targets("train", h)[stop_idx] for h in s.hints],
                                        np.ones(len(stop_idx), np.float32))
                 source = "train-tail"
-            fit_set = StudentData(train.x[fit_idx], ty[fit_idx][:, cols], tt[fit_idx][:, cols],
+            fit_set = StudentData(train.x.take(fit_idx), ty[fit_idx][:, cols], tt[fit_idx][:, cols],
                                   [hint_targets("train", h)[fit_idx] for h in s.hints],
                                   w[fit_idx])
             jobs.append(StudentJob(spec=s, fit=fit_set, stop=stop_set, train=config.train,

@@ -23,15 +23,17 @@ import numpy as np
 import torch
 
 from cmm.config import StudentTrainConfig
+from cmm.data.windows import Windows
 from cmm.distill.students import HintProjections, StudentSpec, build_student, count_parameters
 
 
 @dataclass
 class StudentData:
-    """One sample set. x: (N, W, F); y, t: (N, O) standardised truth and teacher predictions;
-    hints: [(N, d_j)] standardised teacher features; w: (N,) sample weights."""
+    """One sample set. x: (N, W, F) windows, a view (a job sent to a worker carries the shared
+    feature array once, not N stacked windows); y, t: (N, O) standardised truth and teacher
+    predictions; hints: [(N, d_j)] standardised teacher features; w: (N,) sample weights."""
 
-    x: np.ndarray
+    x: Windows
     y: np.ndarray
     t: np.ndarray
     hints: list[np.ndarray]
@@ -41,8 +43,8 @@ class StudentData:
         return len(self.x)
 
     def take(self, idx: np.ndarray) -> StudentData:
-        return StudentData(self.x[idx], self.y[idx], self.t[idx], [h[idx] for h in self.hints],
-                           self.w[idx])
+        return StudentData(self.x.take(idx), self.y[idx], self.t[idx],
+                           [h[idx] for h in self.hints], self.w[idx])
 
 
 @dataclass
@@ -65,8 +67,9 @@ class StudentResult:
     record: dict = field(default_factory=dict)
 
 
-def _tensors(d: StudentData) -> tuple[torch.Tensor, ...]:
-    return (torch.from_numpy(np.ascontiguousarray(d.x, np.float32)),
+def _tensors(d: StudentData, windows: bool = True) -> tuple:
+    """Torch tensors of ``d``; the windows stay a view unless ``windows`` (then stacked)."""
+    return (torch.from_numpy(np.asarray(d.x, np.float32)) if windows else d.x,
             torch.from_numpy(np.ascontiguousarray(d.y, np.float32)),
             torch.from_numpy(np.ascontiguousarray(d.t, np.float32)),
             [torch.from_numpy(np.ascontiguousarray(h, np.float32)) for h in d.hints],
@@ -105,7 +108,7 @@ def train_student(job: StudentJob) -> StudentResult:
     proj = HintProjections(student.z_dim, [h.shape[1] for h in job.fit.hints])
     params = list(student.parameters()) + list(proj.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    fx, fy, ft, fh, fw = _tensors(job.fit)
+    fx, fy, ft, fh, fw = _tensors(job.fit, windows=False)  # batches cut from the view below
     sx, sy, st, sh, sw = _tensors(job.stop)
     stop_lambdas = spec.lambdas if cfg.early_stopping_on == "objective" else (0.0, 0.0, 1.0)
     gen = torch.Generator().manual_seed(seed)
@@ -127,7 +130,8 @@ def train_student(job: StudentJob) -> StudentResult:
         running = 0.0
         for b in range(steps):
             idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
-            loss, _ = student_loss(student, proj, fx[idx], fy[idx], ft[idx],
+            xb = torch.from_numpy(fx[idx.numpy()])
+            loss, _ = student_loss(student, proj, xb, fy[idx], ft[idx],
                                    [h[idx] for h in fh], fw[idx], spec.lambdas)
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -530,7 +530,10 @@ def _replay(policy, target, c: RunConfig, out: Path, spec: PolicySpec, extra: di
 
     result = run_backtest(target, policy, SPLIT, ladder=c.ladder, config=c.backtest)
     metrics = summarize(result)
+    for w in result.warnings:
+        log.warning(w)
     write_json(out / "metrics.json", {
+        "warnings": result.warnings,
         "schema_version": 1, "metrics": metrics, "settings": result.settings,
         "dataset": target.name, "dataset_key": target.cache_key, "policy": spec.to_json(),
         "latency_ns": policy.latency_ns, "wall_s": result.wall_s,

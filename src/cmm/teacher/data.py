@@ -14,6 +14,7 @@ from typing import Protocol
 import numpy as np
 
 from cmm.config import DataConfig, FeatureConfig
+from cmm.data.windows import Windows
 from cmm.errors import InputError
 from cmm.io import stable_hash
 
@@ -26,7 +27,7 @@ class TeacherDataset(Protocol):
     feature_names: list[str]
     config: DataConfig
 
-    def windows(self, split: str) -> np.ndarray: ...
+    def windows(self, split: str) -> Windows: ...
     def targets(self, split: str) -> np.ndarray: ...
     def regimes(self, split: str) -> np.ndarray: ...
 
@@ -48,6 +49,7 @@ class ArrayDataset:
         self.cache_key = stable_hash({s: [float(a[0].sum()), a[0].shape, float(a[1].sum())]
                                       for s, a in self.arrays.items()})
         self._samples = None
+        self._windows: dict[str, Windows] = {}
 
     @property
     def samples(self):
@@ -66,8 +68,10 @@ class ArrayDataset:
                                          orient="row")
         return self._samples
 
-    def windows(self, split: str) -> np.ndarray:
-        return self.arrays[split][0]
+    def windows(self, split: str) -> Windows:
+        if split not in self._windows:
+            self._windows[split] = Windows.from_stacked(self.arrays[split][0])
+        return self._windows[split]
 
     def targets(self, split: str) -> np.ndarray:
         return self.arrays[split][1]
