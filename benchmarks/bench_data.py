@@ -7,7 +7,7 @@ hftbacktest's latency and event-order corrections (``convert`` runs them itself;
 compile time is excluded; hftbacktest's progress prints are suppressed. Events/s counts the
 rows of the final, ordered array (identical for both on futures files).
 
-    python benchmarks/bench_data.py [--file PATH] [--repeat 3]
+    python benchmarks/bench_data.py [--file PATH] [--repeat 3] [--raw-only]
 """
 
 from __future__ import annotations
@@ -91,18 +91,58 @@ def ours_run(path: Path, instrument: Instrument) -> Callable[[], np.ndarray]:
     return run
 
 
-def best_of_interleaved(runs: dict[str, Callable[[], object]],
-                        repeat: int) -> dict[str, tuple[float, object]]:
-    """Like :func:`best_of` for several pipelines, their timed runs alternating so that a
-    change in machine load affects them alike."""
+def interleaved_times(runs: dict[str, Callable[[], object]],
+                      repeat: int) -> tuple[dict[str, list[float]], dict[str, object]]:
+    """Wall times of ``repeat`` rounds after one warm-up round, each round running every
+    pipeline once in turn, so that a change in machine load affects them alike; and each
+    pipeline's last result."""
     results = {name: fn() for name, fn in runs.items()}  # warm-up
-    best = {name: float("inf") for name in runs}
+    times: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(repeat):
         for name, fn in runs.items():
+            results[name] = None  # free the previous result before the next run
             t0 = time.perf_counter()
             results[name] = fn()
-            best[name] = min(best[name], time.perf_counter() - t0)
-    return {name: (best[name], results[name]) for name in runs}
+            times[name].append(time.perf_counter() - t0)
+    return times, results
+
+
+def best_of_interleaved(runs: dict[str, Callable[[], object]],
+                        repeat: int) -> dict[str, tuple[float, object]]:
+    """Like :func:`best_of` for several pipelines, their timed runs alternating (see
+    :func:`interleaved_times`)."""
+    times, results = interleaved_times(runs, repeat)
+    return {name: (min(times[name]), results[name]) for name in runs}
+
+
+def bench_raw_to_events(path: Path, instrument: Instrument, repeat: int,
+                        skip_hftbacktest: bool = False
+                        ) -> tuple[np.ndarray, dict[str, Callable[[], np.ndarray]]]:
+    """Figures (1) and (2): raw capture -> finalized events, hftbacktest's converter and ours,
+    interleaved. Prints the ratio of the best times, and the median and range of the
+    per-round ratios (each round runs both back to back). Returns our events and the
+    pipelines."""
+    runs = {"ours": ours_run(path, instrument)}
+    if not skip_hftbacktest:
+        runs = {"theirs": hftbacktest_run(path), **runs}
+    times, results = interleaved_times(runs, repeat)
+    theirs_rate = None
+    if "theirs" in times:
+        t_theirs, theirs = min(times["theirs"]), results.pop("theirs")
+        theirs_rate = len(theirs) / t_theirs
+        print(f"(1) hftbacktest binancefutures.convert: {t_theirs:.3f} s, {len(theirs):,} events, "
+              f"{theirs_rate:,.0f} events/s")
+        del theirs
+    t_ours, events = min(times["ours"]), results["ours"]
+    ours_rate = len(events) / t_ours
+    print(f"(2) cmm read_binance + finalize_events: {t_ours:.3f} s, {len(events):,} events, "
+          f"{ours_rate:,.0f} events/s")
+    if theirs_rate is not None:
+        print(f"    ratio ours/theirs (events/s): {ours_rate / theirs_rate:.2f}x")
+        rounds = sorted(a / b for a, b in zip(times["theirs"], times["ours"]))
+        print(f"    per-round ratios ({len(rounds)} rounds, interleaved): median "
+              f"{float(np.median(rounds)):.2f}x, range {rounds[0]:.2f}x-{rounds[-1]:.2f}x")
+    return events, runs
 
 
 # --------------------------------------------------------------------------------------------
@@ -150,28 +190,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-hftbacktest", action="store_true",
                         help="ours only (e.g. for spot files, which hftbacktest's futures "
                              "converter cannot read)")
+    parser.add_argument("--raw-only", action="store_true",
+                        help="only the raw-to-events comparison, (1) and (2)")
     args = parser.parse_args(argv)
     path: Path = args.file
     instrument = instrument_for(path, args.tick_size)
     print(f"file: {path} ({path.stat().st_size / 1e6:.1f} MB compressed)")
 
-    runs = {"ours": ours_run(path, instrument)}
-    if not args.skip_hftbacktest:
-        runs = {"theirs": hftbacktest_run(path), **runs}
-    timed = best_of_interleaved(runs, args.repeat)
-    theirs_rate = None
-    if "theirs" in timed:
-        t_theirs, theirs = timed["theirs"]
-        theirs_rate = len(theirs) / t_theirs
-        print(f"(1) hftbacktest binancefutures.convert: {t_theirs:.3f} s, {len(theirs):,} events, "
-              f"{theirs_rate:,.0f} events/s")
-        del theirs
-    t_ours, events = timed["ours"]
-    ours_rate = len(events) / t_ours
-    print(f"(2) cmm read_binance + finalize_events: {t_ours:.3f} s, {len(events):,} events, "
-          f"{ours_rate:,.0f} events/s")
-    if theirs_rate is not None:
-        print(f"    ratio ours/theirs (events/s): {ours_rate / theirs_rate:.2f}x")
+    events, runs = bench_raw_to_events(path, instrument, args.repeat, args.skip_hftbacktest)
+    if args.raw_only:
+        return 0
 
     print(f"(3) peak memory: process RSS high-water mark {max_rss_bytes() / 2**20:,.0f} MiB "
           "(both pipelines, 1 + repeat runs each)")

@@ -41,14 +41,19 @@ break is listed in ``report.gaps`` as ``{"line", "expected", "got"}`` and the di
 applied; levels left crossed by a missed diff are cleared by the grid builder. Diffs before the
 first snapshot are emitted too (``report.has_snapshot`` tells whether the file has one).
 
-Speed. The file is decompressed in one call and split into lines; local timestamps are parsed
-in one pass; ``bookTicker`` lines (most of a futures capture) are set aside by their stream
-name. Diff headers are parsed with orjson, while their level arrays are cut out as bytes and
-converted to floats in one columnar pass over the whole file (polars' CSV parser, exact
-round-to-nearest like ``float``), checked structurally (brackets, two numbers per level). A line
-the fast path does not recognise is parsed in full with orjson. Columns are built by repeating
-per-message values, never by per-row structured assignment. Errors are located afterwards by
-re-parsing the offending line carefully.
+Speed. The file is decompressed in one call and its line ends found by numpy. One compiled pass
+(numba, cached on disk after the first call) then parses the local timestamps, sets
+``bookTicker`` lines aside by their stream name (most of a futures capture), and parses in place
+every trade and diff written in the exchange's own compact layout: flat ``data`` members of the
+expected types, no escapes, prices and sizes as plain decimal strings converted exactly (an
+integer mantissa of at most 2**53 over a power of ten up to 1e22 is correctly rounded, like
+``float``). Any other line (snapshots, error frames, other layouts, anything malformed) goes
+through the per-line code: orjson, with diff level arrays cut out as bytes and converted in one
+columnar pass (polars' CSV parser, exact like ``float``). The sequence checks run in bulk
+between snapshots, and a second compiled pass writes the rows in file order. The compiled pass
+only accepts lines that the per-line code would read without error, so malformed lines are
+reported by that code as before; impossible values (a zero price, say) are caught on the rows
+afterwards, naming the same line and field whichever path read them.
 """
 
 from __future__ import annotations
@@ -58,6 +63,7 @@ from pathlib import Path
 
 import numpy as np
 import orjson
+from numba import njit
 
 from cmm.config import Instrument, NoReaderOptions
 from cmm.data.events import (
@@ -160,17 +166,32 @@ def read_binance(path: Path, instrument: Instrument,
     """
     path = Path(path)
     report = ReadReport(file=str(path), format="binance")
-    lines = read_bytes(path).split(b"\n")
-    nd, unit, mul = _detect_unit(path, lines)
+    data = read_bytes(path)
+    nd, unit, mul = _detect_unit(path, *_first_line(data))
     report.timestamp_unit = unit
-    local = _local_timestamps(path, lines, nd)
-    report.lines = len(local)
-    report.first_local_ts = int(local[0]) * mul
-    report.last_local_ts = int(local[-1]) * mul
 
-    # Complete bookTicker frames are only counted; everything else goes through the loop.
-    rest = [k for k, line in enumerate(lines)
-            if line.find(b'@bookTicker"', nd, nd + 80) < 0 or line[-1] != 125]  # 125 = '}'
+    # One compiled pass over the bytes: line bounds, local times, and every line in the
+    # layouts of the fast path (see _scan) parsed; the rest are _K_OTHER, handled below.
+    buf = np.frombuffer(data, np.uint8)
+    newlines = np.flatnonzero(buf == 10)
+    n_lines = len(newlines) + 1
+    s = _ScanArrays(n_lines, len(data))
+    s.end[:-1] = newlines
+    s.end[-1] = len(data)
+    s.start[0] = 0
+    s.start[1:] = newlines + 1
+    del newlines
+    ts_bad = _scan(buf, nd, _POW10, s.kind, s.ts, s.start, s.end, s.exch, s.upd, s.flag, s.nrow,
+                   s.off, s.px, s.qty)
+    kind, start, end = s.kind, s.start, s.end
+    nonempty = kind != _K_EMPTY
+    if ts_bad:  # not nd digits and a space, or backwards: the exact check names the line
+        local = _local_timestamps(path, data.split(b"\n"), nd)
+        s.ts[nonempty] = local  # (a separator int() accepts, e.g. a tab: those are _K_OTHER)
+    local_ts = s.ts[nonempty]
+    report.lines = len(local_ts)
+    report.first_local_ts = int(local_ts[0]) * mul
+    report.last_local_ts = int(local_ts[-1]) * mul
 
     seg_ev: list[int] = []  # per segment: a run of rows sharing type, side and timestamps
     seg_n: list[int] = []
@@ -186,9 +207,10 @@ def read_binance(path: Path, instrument: Instrument,
     py_qty: list[float] = []
     counts = {"snapshot": 0, "markPriceUpdate": 0, "trade_not_market": 0, "error_frame": 0,
               "bookTicker": 0}
-    n_depth = n_trade = n_seen = 0
+    n_depth = n_trade = 0
     seq = _Sequencer(report)
     seq_diff = seq.diff
+    keep = np.ones(n_lines, dtype=np.bool_)  # False: a parsed diff dropped as stale
 
     ev_a, n_a, ex_a, lo_a = seg_ev.append, seg_n.append, seg_exch.append, seg_local.append
     li_a, src_a, fld_a = seg_line.append, seg_src.append, seg_field.append
@@ -196,14 +218,24 @@ def read_binance(path: Path, instrument: Instrument,
     px_a, qty_a = py_px.append, py_qty.append
     loads = orjson.loads
 
+    # Parsed diffs only need the sequencer; between two other lines (snapshots above all) it is
+    # vectorised by _chain. Everything else goes through the per-line code in file order.
+    n_fast_depth = int(np.count_nonzero(kind == _K_DEPTH))
+    stops = np.flatnonzero(kind == _K_OTHER).tolist()
+    diff_lines = np.flatnonzero(kind == _K_DEPTH)
+    diff_at = 0
     lineno = 0
     try:
-        for k in rest:
-            line = lines[k]
-            if not line:
-                continue
+        for k in stops + [n_lines]:
+            # parsed diffs before this line
+            stop = int(np.searchsorted(diff_lines, k, side="left"))
+            if stop > diff_at:
+                _chain(seq, diff_lines[diff_at:stop], s.upd, s.flag, keep)
+                diff_at = stop
+            if k == n_lines:
+                break
+            line = data[start[k]:end[k]]
             lineno = k + 1
-            n_seen += 1
             ts = int(line[:nd])
 
             # Fast path for combined-stream depth diffs: parse the header, cut out the levels.
@@ -241,41 +273,41 @@ def read_binance(path: Path, instrument: Instrument,
             msg = loads(line[nd + 1:])
             if msg.__class__ is not dict:
                 raise _Fail("malformed message", "json", "a JSON object", _short(msg))
-            data = msg.get("data")
-            if data is None and "e" in msg:  # a plain (not combined) stream
-                data = msg
-            if data is not None:
-                if data.__class__ is not dict:
-                    raise _Fail("malformed message", "data", "a JSON object", _short(data))
-                e = data.get("e")
+            data_ = msg.get("data")
+            if data_ is None and "e" in msg:  # a plain (not combined) stream
+                data_ = msg
+            if data_ is not None:
+                if data_.__class__ is not dict:
+                    raise _Fail("malformed message", "data", "a JSON object", _short(data_))
+                e = data_.get("e")
                 if e == "trade":
-                    x = data.get("X")
+                    x = data_.get("X")
                     if x is not None and x != "MARKET":
                         counts["trade_not_market"] += 1
                         continue
                     n_trade += 1
-                    exch = data["T"]
+                    exch = data_["T"]
                     if exch.__class__ is not int:
                         raise _Fail("exchange time is not an integer", "T", "milliseconds",
                                     exch)
-                    m = data["m"]
+                    m = data_["m"]
                     if m.__class__ is not bool:
                         raise _Fail("invalid value", "m", "true or false", m)
                     ev_a(_SELL_TRADE if m else _BUY_TRADE), n_a(1), ex_a(exch * MS), lo_a(ts)
                     li_a(lineno), src_a(_PY), fld_a("p")
-                    px_a(float(data["p"]))
-                    qty_a(float(data["q"]))
+                    px_a(float(data_["p"]))
+                    qty_a(float(data_["q"]))
                 elif e == "depthUpdate":  # not in the fast path's layout: parse in full
                     n_depth += 1
-                    pu = data.get("pu")
-                    if not seq_diff(lineno, data["U"], data["u"], pu):
+                    pu = data_.get("pu")
+                    if not seq_diff(lineno, data_["U"], data_["u"], pu):
                         continue
-                    exch = data["E"] if pu is None else data["T"]
+                    exch = data_["E"] if pu is None else data_["T"]
                     if exch.__class__ is not int:
                         raise _Fail("exchange time is not an integer",
                                     "E" if pu is None else "T", "milliseconds", exch)
                     for side, ev in (("b", _BID_DEPTH), ("a", _ASK_DEPTH)):
-                        levels = data[side]
+                        levels = data_[side]
                         _levels_to(levels, side, py_px, py_qty)
                         ev_a(ev), n_a(len(levels)), ex_a(exch * MS), lo_a(ts), li_a(lineno)
                         src_a(_PY), fld_a(side)
@@ -283,9 +315,9 @@ def read_binance(path: Path, instrument: Instrument,
                     counts["markPriceUpdate"] += 1
                 elif e == "bookTicker" or (e is None and "@bookTicker" in msg.get("stream", "")):
                     counts["bookTicker"] += 1
-                elif e is None and ("code" in data or "result" in data):
+                elif e is None and ("code" in data_ or "result" in data_):
                     counts["error_frame"] += 1
-                    report.warnings.append(f"line {lineno}: exchange frame {_short(data)} "
+                    report.warnings.append(f"line {lineno}: exchange frame {_short(data_)} "
                                            "ignored")
                 elif e is None:
                     raise _Fail("required field is missing", "e",
@@ -339,51 +371,542 @@ def read_binance(path: Path, instrument: Instrument,
         raise InputError("required field is missing", file=path, line=lineno,
                          field=str(exc.args[0])) from None
     except (TypeError, ValueError, AttributeError, IndexError) as exc:
-        raise _diagnose(path, lineno, lines[lineno - 1], nd, exc) from None
+        raise _diagnose(path, lineno, data[start[lineno - 1]:end[lineno - 1]], nd,
+                        exc) from None
 
-    counts["bookTicker"] += report.lines - n_seen
+    is_trade = kind == _K_TRADE
+    n_trade += int(np.count_nonzero(is_trade))
+    n_depth += n_fast_depth
+    counts["bookTicker"] += int(np.count_nonzero(kind == _K_BOOK))
     report.messages = {"depthUpdate": n_depth, "trade": n_trade,
                        **{k: v for k, v in counts.items() if v}}
     if counts["error_frame"]:
         report.warnings.insert(0, f"{counts['error_frame']} exchange error/reply frame(s) "
                                   "ignored")
 
+    # Rows of the per-line code, as before; then every row in file order.
     n = np.asarray(seg_n, dtype=np.int64)
-    total = int(n.sum())
-    events = np.zeros(total, dtype=event_dtype)
-    if total:
+    py_total = int(n.sum())
+    py_events = np.zeros(py_total, dtype=event_dtype)
+    if py_total:
         values = _parse_levels(chunks, 2 * sum(chunk_levels))
         if values is None:
-            raise _locate_bad_levels(path, lines, nd, chunks, chunk_line, chunk_levels)
-        events["ev"] = np.repeat(np.asarray(seg_ev, dtype=np.uint64), n)
-        events["exch_ts"] = np.repeat(np.asarray(seg_exch, dtype=np.int64), n)
-        events["local_ts"] = np.repeat(np.asarray(seg_local, dtype=np.int64) * mul, n)
+            raise _locate_bad_levels(path, data.split(b"\n"), nd, chunks, chunk_line,
+                                     chunk_levels)
+        py_events["ev"] = np.repeat(np.asarray(seg_ev, dtype=np.uint64), n)
+        py_events["exch_ts"] = np.repeat(np.asarray(seg_exch, dtype=np.int64), n)
+        py_events["local_ts"] = np.repeat(np.asarray(seg_local, dtype=np.int64) * mul, n)
         from_buf = np.repeat(np.asarray(seg_src, dtype=np.int8) == _BUF, n)
-        px = np.empty(total)
-        qty = np.empty(total)
+        px = np.empty(py_total)
+        qty = np.empty(py_total)
         px[from_buf] = values[0::2]
         qty[from_buf] = values[1::2]
         from_py = ~from_buf
         px[from_py] = py_px
         qty[from_py] = py_qty
-        events["px"] = px
-        events["qty"] = qty
+        py_events["px"] = px
+        py_events["qty"] = qty
+    py_rows = np.zeros(n_lines, dtype=np.int64)
+    np.add.at(py_rows, np.asarray(seg_line, dtype=np.int64) - 1, n)
+    fast = (kind == _K_DEPTH) & keep
+    total = (int(np.count_nonzero(is_trade)) + int(s.nrow[fast].sum()) + py_total)
+    events = np.zeros(total, dtype=event_dtype)
+    _assemble(kind, keep, s.ts, mul, s.exch, s.flag, s.nrow, s.off, s.px, s.qty, py_rows,
+              _as_2d(py_events, np.int64), _as_2d(py_events, np.float64),
+              _as_2d(events, np.int64), _as_2d(events, np.float64))
     report.events = total
     try:
         check_raw_events(events, path)
     except InputError as err:
-        raise _locate_bad_value(path, events, n, seg_line, seg_field) or err from None
+        # segments of the whole file, in row order, to name the line and field
+        segs = [(k + 1, 1, "p") for k in np.flatnonzero(is_trade).tolist()]
+        for k in np.flatnonzero(fast).tolist():
+            segs += [(k + 1, int(s.nrow[k, 0]), "b"), (k + 1, int(s.nrow[k, 1]), "a")]
+        segs = sorted(segs + list(zip(seg_line, seg_n, seg_field)), key=lambda seg: seg[0])
+        all_n = np.asarray([seg[1] for seg in segs], dtype=np.int64)
+        raise _locate_bad_value(path, events, all_n, [seg[0] for seg in segs],
+                                [seg[2] for seg in segs]) or err from None
     return events, report
+
+
+def _chain(seq: _Sequencer, lines: np.ndarray, upd: np.ndarray, flag: np.ndarray,
+           keep: np.ndarray) -> None:
+    """``seq.diff`` on consecutive parsed diffs (0-based line numbers ``lines``), in bulk: once
+    no snapshot is pending, each diff only has to continue the previous one."""
+    U, u, pu = upd[lines, 0], upd[lines, 1], upd[lines, 2]
+    has_pu = (flag[lines] & _F_PU) != 0
+    seq_diff = seq.diff
+    n = len(lines)
+    a = 0
+    while a < n and (n - a < 16 or seq.pending is not None or seq.prev_u is None):
+        if not seq_diff(int(lines[a]) + 1, int(U[a]), int(u[a]),
+                        int(pu[a]) if has_pu[a] else None):
+            keep[lines[a]] = False
+        a += 1
+    if a == n:
+        return
+    prev = np.empty(n - a, dtype=np.int64)
+    prev[0] = seq.prev_u
+    prev[1:] = u[a:-1]
+    fut = has_pu[a:]
+    bad = np.where(fut, pu[a:] != prev, U[a:] != prev + 1)
+    for i in np.flatnonzero(bad).tolist():
+        k = a + i
+        if fut[i]:
+            got, want = f"pu={int(pu[k])}", f"pu={int(prev[i])}"
+        else:
+            got, want = f"U={int(U[k])}", f"U={int(prev[i]) + 1}"
+        seq.report.gaps.append({"line": int(lines[k]) + 1, "expected": want, "got": got})
+    seq.prev_u = int(u[-1])
+
+
+# ---------------------------------------------------------------------------------------------
+# the compiled scan
+
+# what _scan made of a line
+_K_EMPTY, _K_BOOK, _K_TRADE, _K_DEPTH, _K_OTHER = 0, 1, 2, 3, 4
+_F_PU, _F_SELL = 1, 2  # flag bits: a diff with "pu" (futures); a trade with "m" true
+_MAX_MS = (2**63 - 1) // MS  # the largest exchange time (ms) whose ns fit in int64
+_POW10 = np.array([float(10**k) for k in range(23)])  # exact doubles
+
+
+class _ScanArrays:
+    """Per-line outputs of :func:`_scan` and the parsed numbers."""
+
+    def __init__(self, n_lines: int, n_bytes: int) -> None:
+        self.kind = np.empty(n_lines, np.uint8)
+        self.ts = np.zeros(n_lines, np.int64)  # local time, file units
+        self.start = np.empty(n_lines, np.int64)  # line bounds in the data
+        self.end = np.empty(n_lines, np.int64)
+        self.exch = np.empty(n_lines, np.int64)  # ns
+        self.upd = np.empty((n_lines, 3), np.int64)  # diffs: U, u, pu
+        self.flag = np.zeros(n_lines, np.uint8)
+        self.nrow = np.zeros((n_lines, 2), np.int64)  # diffs: bid and ask levels
+        self.off = np.empty(n_lines, np.int64)  # first number in px / qty
+        # a level takes at least 10 bytes (["1","1"],), a trade line more
+        cap = n_bytes // 10 + 16
+        self.px = np.empty(cap)
+        self.qty = np.empty(cap)
+
+
+_KEY_E, _KEY_EE, _KEY_T, _KEY_U, _KEY_UU, _KEY_PU, _KEY_M, _KEY_P, _KEY_Q, _KEY_X = range(10)
+_PREFIX = np.frombuffer(b'{"stream":"', np.uint8)
+_DATA = np.frombuffer(b'","data":{', np.uint8)
+_BOOK = np.frombuffer(b'@bookTicker"', np.uint8)
+_MARKET = np.frombuffer(b"MARKET", np.uint8)
+_TRADE = np.frombuffer(b"trade", np.uint8)
+_DEPTH = np.frombuffer(b"depthUpdate", np.uint8)
+
+
+@njit(cache=True)
+def _at(buf, p, n, word):
+    """Whether ``word`` is at ``buf[p:]``."""
+    m = len(word)
+    if p + m > n:
+        return False
+    for i in range(m):
+        if buf[p + i] != word[i]:
+            return False
+    return True
+
+
+# Speed notes, measured: these helpers are plain @njit functions, which LLVM inlines well;
+# numba's own inline="always" made the level parsing 2-3x slower. Their loops test the bound
+# inside ``while True``, which compiles better than ``while p < n`` with a break.
+
+
+@njit(cache=True)
+def _string_end(buf, p, n):
+    """The position after the JSON string opening at ``p``, or -1 unless it is printable ASCII
+    without escapes."""
+    while True:
+        p += 1
+        if p >= n:
+            return -1
+        c = buf[p]
+        if c == 34:
+            return p + 1
+        if c < 32 or c > 126 or c == 92:
+            return -1
+
+
+@njit(cache=True)
+def _decimal(buf, p, n, pow10, signed):
+    """The JSON string at ``p`` as ``-?digits(.digits)?`` -> (end after the closing quote, value)
+    with end -1 if it is not one: exact (an integer mantissa <= 2**53 over an exact power of
+    ten is correctly rounded, like ``float``)."""
+    if p >= n or buf[p] != 34:
+        return -1, 0.0
+    p += 1
+    neg = False
+    if signed and p < n and buf[p] == 45:
+        neg = True
+        p += 1
+    m = 0
+    digits = 0
+    frac = -1  # digits after the point; -1: no point
+    while True:
+        if p >= n:
+            return -1, 0.0
+        c = buf[p]
+        d = np.int64(c) - 48
+        if 0 <= d <= 9:
+            m = m * 10 + d
+            digits += 1
+            frac += frac >= 0
+        elif c == 46 and frac < 0 and digits > 0:
+            frac = 0
+        else:
+            break
+        p += 1
+    if c != 34 or digits == 0 or frac == 0 or frac > 22 or digits > 18 or m > 9007199254740992:
+        return -1, 0.0
+    v = m / pow10[max(frac, 0)]
+    return p + 1, -v if neg else v
+
+
+@njit(cache=True)
+def _levels(buf, p, n, pow10, px, qty, nv):
+    """The level array whose '[' is at ``p``: -> (end after its ']', levels) with end -1 unless
+    it is ``[["price","qty"],...]`` with unsigned decimals; values written from ``nv``."""
+    p += 1
+    count = 0
+    if p < n and buf[p] == 93:
+        return p + 1, 0
+    while True:
+        if p >= n or buf[p] != 91 or nv + count >= len(px):
+            return -1, 0
+        p, a = _decimal(buf, p + 1, n, pow10, False)
+        if p < 0 or p >= n or buf[p] != 44:
+            return -1, 0
+        p, b = _decimal(buf, p + 1, n, pow10, False)
+        if p < 0 or p + 1 >= n or buf[p] != 93:
+            return -1, 0
+        px[nv + count] = a
+        qty[nv + count] = b
+        count += 1
+        p += 1
+        if buf[p] == 93:
+            return p + 1, count
+        if buf[p] != 44:
+            return -1, 0
+        p += 1
+
+
+@njit(cache=True)
+def _frame(buf, p, n, k, pow10, exch, upd, flag, nrow, off, px, qty, nv):
+    """The frame from ``p`` if it is a ``{"stream":...,"data":{...}}`` trade or diff in the
+    layouts the per-line code would turn into rows without error (compact, printable ASCII, no
+    escapes, flat ``data`` members with the expected types, no repeated key; a diff as in
+    that code's fast path). -> (kind, end of the frame, numbers used); _K_OTHER if not."""
+    if not _at(buf, p, n, _PREFIX):
+        return _K_OTHER, -1, nv
+    p = _string_end(buf, p + len(_PREFIX) - 1, n)
+    if p < 0 or not _at(buf, p - 1, n, _DATA):
+        return _K_OTHER, -1, nv
+    p += len(_DATA) - 1
+    seen = 0
+    etype = 0  # 1 trade, 2 diff
+    U = u = pu = E = T = -1
+    m = -1
+    p_at = q_at = -1
+    first = True
+    while True:
+        # a member: "key": value
+        if p >= n or buf[p] != 34:
+            return _K_OTHER, -1, nv
+        ks = p + 1
+        p = _string_end(buf, p, n)
+        if p < 0 or p >= n or buf[p] != 58:
+            return _K_OTHER, -1, nv
+        klen = p - 1 - ks
+        p += 1
+        key = -1
+        if klen == 1:
+            c = buf[ks]
+            if c == 101:  # e
+                key = _KEY_E
+            elif c == 69:  # E
+                key = _KEY_EE
+            elif c == 84:  # T
+                key = _KEY_T
+            elif c == 85:  # U
+                key = _KEY_U
+            elif c == 117:  # u
+                key = _KEY_UU
+            elif c == 109:  # m
+                key = _KEY_M
+            elif c == 112:  # p
+                key = _KEY_P
+            elif c == 113:  # q
+                key = _KEY_Q
+            elif c == 88:  # X
+                key = _KEY_X
+            elif c == 98 and p < n and buf[p] == 91:  # "b":[ -> the diff's level arrays
+                break
+        elif klen == 2 and buf[ks] == 112 and buf[ks + 1] == 117:  # pu
+            key = _KEY_PU
+        if key >= 0:
+            if seen & (1 << key):
+                return _K_OTHER, -1, nv
+            seen |= 1 << key
+        if p >= n:
+            return _K_OTHER, -1, nv
+        c = buf[p]
+        vs = p
+        if c == 34:  # string
+            p = _string_end(buf, p, n)
+            if p < 0:
+                return _K_OTHER, -1, nv
+            if key == _KEY_E:
+                if _at(buf, vs + 1, n, _TRADE) and p == vs + 2 + len(_TRADE):
+                    etype = 1
+                elif _at(buf, vs + 1, n, _DEPTH) and p == vs + 2 + len(_DEPTH):
+                    etype = 2
+                else:
+                    return _K_OTHER, -1, nv
+            elif key == _KEY_X:
+                if not (_at(buf, vs + 1, n, _MARKET) and p == vs + 2 + len(_MARKET)):
+                    return _K_OTHER, -1, nv
+            elif key == _KEY_P:
+                p_at = vs
+            elif key == _KEY_Q:
+                q_at = vs
+            elif key >= 0:
+                return _K_OTHER, -1, nv
+        elif 48 <= c <= 57:  # an unsigned integer of at most 18 digits
+            v = np.int64(c) - 48
+            while True:
+                p += 1
+                if p >= n:
+                    return _K_OTHER, -1, nv
+                d = np.int64(buf[p]) - 48
+                if not 0 <= d <= 9:
+                    break
+                v = v * 10 + d
+            c = buf[p]
+            # at most 18 digits, no leading zero, not a fraction or exponent
+            if p - vs > 18 or (buf[vs] == 48 and p - vs > 1) or c == 46 or c == 101 or c == 69:
+                return _K_OTHER, -1, nv
+            if key == _KEY_EE:
+                E = v
+            elif key == _KEY_T:
+                T = v
+            elif key == _KEY_U:
+                U = v
+            elif key == _KEY_UU:
+                u = v
+            elif key == _KEY_PU:
+                pu = v
+            elif key >= 0:
+                return _K_OTHER, -1, nv
+        elif c == 116 or c == 102 or c == 110:  # true, false, null
+            if _at(buf, p, n, _TRUE):
+                p += 4
+                if key == _KEY_M:
+                    m = 1
+                elif key >= 0:
+                    return _K_OTHER, -1, nv
+            elif _at(buf, p, n, _FALSE):
+                p += 5
+                if key == _KEY_M:
+                    m = 0
+                elif key >= 0:
+                    return _K_OTHER, -1, nv
+            elif _at(buf, p, n, _NULL):
+                p += 4
+                if key >= 0:
+                    return _K_OTHER, -1, nv
+            else:
+                return _K_OTHER, -1, nv
+        else:
+            return _K_OTHER, -1, nv
+        if p >= n:
+            return _K_OTHER, -1, nv
+        if buf[p] == 44:
+            p += 1
+            first = False
+        elif buf[p] == 125:  # end of data
+            break
+        else:
+            return _K_OTHER, -1, nv
+
+    if etype == 1:  # a market trade
+        if (buf[p] != 125 or p + 1 >= n or buf[p + 1] != 125 or T < 0 or T > _MAX_MS or m < 0
+                or p_at < 0 or q_at < 0 or nv >= len(px)):
+            return _K_OTHER, -1, nv
+        e1, price = _decimal(buf, p_at, n, pow10, True)
+        e2, size = _decimal(buf, q_at, n, pow10, True)
+        if e1 < 0 or e2 < 0:
+            return _K_OTHER, -1, nv
+        exch[k] = T * 1_000_000
+        flag[k] = _F_SELL if m == 1 else 0
+        off[k] = nv
+        px[nv] = price
+        qty[nv] = size
+        return _K_TRADE, p + 2, nv + 1
+    if etype != 2 or buf[p] == 125 or first or U < 0 or u < 0:
+        return _K_OTHER, -1, nv
+    # a diff, at '[' of "b": its header must have U, u and T (with pu) or E (without)
+    has_pu = pu >= 0
+    t = T if has_pu else E
+    if t < 0 or t > _MAX_MS:
+        return _K_OTHER, -1, nv
+    p, nb = _levels(buf, p, n, pow10, px, qty, nv)
+    if p < 0 or not _at(buf, p, n, _ASKS):
+        return _K_OTHER, -1, nv
+    p, na = _levels(buf, p + len(_ASKS) - 1, n, pow10, px, qty, nv + nb)
+    if p < 0 or p + 1 >= n or buf[p] != 125 or buf[p + 1] != 125:
+        return _K_OTHER, -1, nv
+    exch[k] = t * 1_000_000
+    upd[k, 0] = U
+    upd[k, 1] = u
+    upd[k, 2] = pu
+    flag[k] = _F_PU if has_pu else 0
+    nrow[k, 0] = nb
+    nrow[k, 1] = na
+    off[k] = nv
+    return _K_DEPTH, p + 2, nv + nb + na
+
+
+_TRUE = np.frombuffer(b"true", np.uint8)
+_FALSE = np.frombuffer(b"false", np.uint8)
+_NULL = np.frombuffer(b"null", np.uint8)
+_ASKS = np.frombuffer(b',"a":[', np.uint8)
+
+
+@njit(cache=True, nogil=True)
+def _scan(buf, nd, pow10, kind, ts, start, end, exch, upd, flag, nrow, off, px, qty):
+    """Every line (``start`` / ``end``: its bounds): local time (file units) and kind; trades
+    and diffs parsed (see :func:`_frame`). -> whether any local time is not ``nd`` digits and a
+    space (without a leading zero, below 2**63 - 1) or goes backwards."""
+    nv = 0
+    bad = False
+    prev = -1
+    for k in range(len(kind)):
+        s = start[k]
+        e = end[k]
+        if s == e:
+            kind[k] = _K_EMPTY
+            continue
+        ok = e - s > nd and buf[s] != 48
+        v = 0
+        if ok:
+            for i in range(nd):
+                c = buf[s + i]
+                if not 48 <= c <= 57:
+                    ok = False
+                    break
+                v = v * 10 + (np.int64(c) - 48)  # 19 digits may wrap: checked below
+            ok = ok and buf[s + nd] == 32
+            if ok and nd == 19:
+                ok = _below_int64_max(buf, s)
+        if not ok:
+            bad = True  # the exact check decides (int() accepts a tab, say)
+        else:
+            if v < prev:
+                bad = True
+            prev = v
+            ts[k] = v
+        if _book(buf, s, nd, e):
+            kind[k] = _K_BOOK if buf[e - 1] == 125 else _K_OTHER
+        elif ok:
+            kd, end_at, nv = _frame(buf, s + nd + 1, e, k, pow10, exch, upd, flag, nrow, off,
+                                    px, qty, nv)
+            kind[k] = kd if end_at == e else _K_OTHER
+        else:
+            kind[k] = _K_OTHER
+    return bad
+
+
+@njit(cache=True)
+def _book(buf, s, nd, e):
+    """``line.find(b'@bookTicker"', nd, nd + 80) >= 0`` for the line ``buf[s:e]``."""
+    m = len(_BOOK)
+    q = s + nd
+    lim = min(s + nd + 80, e) - m
+    while q <= lim:
+        if buf[q] == 64 and _at(buf, q, e, _BOOK):
+            return True
+        q += 1
+    return False
+
+
+_INT64_MAX = np.frombuffer(b"9223372036854775807", np.uint8)
+
+
+@njit(cache=True)
+def _below_int64_max(buf, s):
+    for i in range(19):
+        if buf[s + i] != _INT64_MAX[i]:
+            return buf[s + i] < _INT64_MAX[i]
+    return False
+
+
+@njit(cache=True, nogil=True)
+def _assemble(kind, keep, ts, mul, exch, flag, nrow, off, px, qty, py_rows, py_i, py_f, out_i,
+              out_f):
+    """Rows in file order: parsed trades and kept diffs from the scan's numbers, the per-line
+    code's rows in between. ``*_i`` / ``*_f``: event arrays seen as int64 / float64 (n, 8)."""
+    pos = 0
+    pp = 0
+    for k in range(len(kind)):
+        kd = kind[k]
+        if kd == _K_TRADE:
+            out_i[pos, 0] = _SELL_TRADE if flag[k] & _F_SELL else _BUY_TRADE
+            out_i[pos, 1] = exch[k]
+            out_i[pos, 2] = ts[k] * mul
+            out_f[pos, 3] = px[off[k]]
+            out_f[pos, 4] = qty[off[k]]
+            pos += 1
+        elif kd == _K_DEPTH:
+            if keep[k]:
+                o = off[k]
+                nb = nrow[k, 0]
+                t = ts[k] * mul
+                x = exch[k]
+                for i in range(nb + nrow[k, 1]):
+                    out_i[pos, 0] = _BID_DEPTH if i < nb else _ASK_DEPTH
+                    out_i[pos, 1] = x
+                    out_i[pos, 2] = t
+                    out_f[pos, 3] = px[o + i]
+                    out_f[pos, 4] = qty[o + i]
+                    pos += 1
+        else:
+            for _ in range(py_rows[k]):
+                for j in range(3):
+                    out_i[pos, j] = py_i[pp, j]
+                for j in range(3, 5):
+                    out_f[pos, j] = py_f[pp, j]
+                pos += 1
+                pp += 1
+    return pos
+
+
+def _as_2d(events: np.ndarray, dtype: type) -> np.ndarray:
+    """An event array's memory as (n, 8) of int64 or float64 (its 8 fields are all 8 bytes)."""
+    return events.view(dtype).reshape(len(events), 8)
+
+
+def _first_line(data: bytes) -> tuple[int, bytes]:
+    """The first line that is not blank, and its 0-based number (read_bytes: there is one)."""
+    k = pos = 0
+    while True:
+        e = data.find(b"\n", pos)
+        line = data[pos:] if e < 0 else data[pos:e]
+        if line.strip():
+            return k, line
+        pos = e + 1
+        k += 1
 
 
 # ---------------------------------------------------------------------------------------------
 # timestamps
 
 
-def _detect_unit(path: Path, lines: list[bytes]) -> tuple[int, str, int]:
-    """Digits of the first line's local timestamp -> (digits, unit, multiplier to ns)."""
-    first_no = next(k for k, line in enumerate(lines) if line.strip())  # read_bytes: not empty
-    first = lines[first_no]
+def _detect_unit(path: Path, first_no: int, first: bytes) -> tuple[int, str, int]:
+    """Digits of the first non-blank line's local timestamp -> (digits, unit, multiplier to
+    ns); ``first_no`` is that line's 0-based number."""
     nd = first.find(b" ")
     if nd not in TIMESTAMP_UNITS or not first[:nd].isdigit():
         raise InputError("cannot detect the local timestamp unit", file=path,
