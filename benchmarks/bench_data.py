@@ -1,5 +1,6 @@
 """Data-layer throughput: raw Binance capture -> canonical events, ours vs hftbacktest's own
-converter, then (when available) events -> grid snapshots.
+converter, then (when available) events -> grid snapshots, then full trading days at 100 ms
+(benchmarks/bench_days.py: prepare time, peak RSS, window-view memory).
 
 Both raw-to-events pipelines do the same work: gzip decompression, parsing every line, and
 hftbacktest's latency and event-order corrections (``convert`` runs them itself; ours is
@@ -7,7 +8,7 @@ hftbacktest's latency and event-order corrections (``convert`` runs them itself;
 compile time is excluded; hftbacktest's progress prints are suppressed. Events/s counts the
 rows of the final, ordered array (identical for both on futures files).
 
-    python benchmarks/bench_data.py [--file PATH] [--repeat 3] [--raw-only]
+    python benchmarks/bench_data.py [--file PATH] [--repeat 3] [--raw-only] [--skip-days]
 """
 
 from __future__ import annotations
@@ -192,6 +193,8 @@ def main(argv: list[str] | None = None) -> int:
                              "converter cannot read)")
     parser.add_argument("--raw-only", action="store_true",
                         help="only the raw-to-events comparison, (1) and (2)")
+    parser.add_argument("--skip-days", action="store_true",
+                        help="leave out the full-day prepare figures (benchmarks/bench_days.py)")
     args = parser.parse_args(argv)
     path: Path = args.file
     instrument = instrument_for(path, args.tick_size)
@@ -212,6 +215,12 @@ def main(argv: list[str] | None = None) -> int:
     print(line)
 
     bench_snapshots(events, instrument, args.repeat)
+    if not args.skip_days:
+        # Full trading days at 100 ms: prepare time, peak RSS, window-view memory.
+        sys.path.insert(0, str(Path(__file__).parent))
+        import bench_days
+
+        bench_days.main([])
     return 0
 
 
