@@ -500,3 +500,33 @@ def test_registry_entry_and_prepare(tmp_path):
     assert ds.meta["split_counts"]["train"] > 0
     steps = ds.steps
     assert steps["valid"].all() and (steps["bid_px_0"] < steps["ask_px_0"]).all()
+
+
+@pytest.mark.parametrize("fault", ["definition-schema", "truncated"])
+def test_cli_prepare_of_a_bad_dbn_file_is_one_line_exit_2_and_leaves_nothing(tmp_path, fault):
+    import os
+    import subprocess
+    import sys
+
+    src = DATA / "orderbooks_mbo_2024-05-08T00-00-00_2024-05-08T00-00-02.dbn.zst"
+    bad = tmp_path / "bad.dbn.zst"
+    if fault == "truncated":
+        raw = src.read_bytes()
+        bad.write_bytes(raw[: len(raw) // 2])
+    else:
+        bad.write_bytes((DATA / "definition-glbx-es-fut.dbn.zst").read_bytes())
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("name: bad-mbo\nformat: databento-mbo\nfiles: [bad.dbn.zst]\n"
+                    "instrument: {tick_size: 0.25, lot_size: 1.0, contract_size: 50.0}\n"
+                    "grid: {dt_ms: 2, levels: 10}\n")
+    cache = tmp_path / "cache"
+    r = subprocess.run([sys.executable, "-m", "cmm", "data", "prepare", str(spec)],
+                       capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "CMM_CACHE_DIR": str(cache), "HF_HUB_OFFLINE": "1"})
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in r.stderr and str(bad) in lines[0]
+    if fault == "definition-schema":
+        assert "definition" in lines[0] and "mbo" in lines[0]
+    prepared = cache / "prepared"
+    assert not prepared.exists() or not any(prepared.iterdir())
