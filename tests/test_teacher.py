@@ -140,7 +140,7 @@ def test_run_fit_writes_self_describing_folder(fitted, dataset):
     meta = json.loads((out / "teacher.json").read_text())
     assert meta["schema_version"] == 1 and meta["data"]["cache_key"] == dataset.cache_key
     assert meta["settings"]["patch_len"] == 4 and meta["backbone"]["num_blocks"] == 3
-    assert set(report["models"]) == {"teacher", "zero/last", "train-mean", "ridge"}
+    assert set(report["models"]) == {"teacher", "zero/last", "train-mean", "ridge", "lightgbm"}
     assert set(report["models"]["teacher"]) == {"validation", "test"}
     latency = json.loads((out / "latency.json").read_text())
     assert latency["one_thread"]["p50"] > 0 and latency["all_threads"]["p99"] >= \

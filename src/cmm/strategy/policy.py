@@ -215,7 +215,8 @@ _REGISTRY: dict[str, Callable[..., Policy]] = {}
 # Names whose classes live in modules imported on first use (so that `cmm backtest` does not
 # import torch for a rule-based policy). Other stages add theirs with register_policy.
 _LAZY: dict[str, str] = {"fixed": "cmm.strategy.baselines", "as": "cmm.strategy.baselines",
-                         "oracle": "cmm.strategy.baselines"}
+                         "oracle": "cmm.strategy.baselines", "ridge": "cmm.yardsticks.policy",
+                         "lgbm": "cmm.yardsticks.policy"}
 
 
 def register_policy(name: str, module: str | None = None):

@@ -11,19 +11,32 @@ Baselines (fitted on train, chosen on validation, never on test):
   target of the window that ended ``H`` steps earlier in the same session (known at decision
   time); the train mean where no such window exists.
 - ``train-mean``: the training mean of each target (R^2 about 0 by construction).
-- ``ridge``: ridge regression on the flattened window (W * F inputs), one penalty per target
-  picked on validation from ``TeacherConfig.ridge_alphas``.
+- ``ridge``: ridge regression on hand features of the window (the last step and trailing means,
+  :mod:`cmm.yardsticks`), one penalty per target picked on validation from
+  ``TeacherConfig.ridge_alphas``;
+- ``lightgbm``: gradient-boosted trees on the same features, early-stopped on validation.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from cmm.config import YardstickConfig
 from cmm.teacher.model import TASKS
+from cmm.yardsticks import (
+    GradientBoosted,
+    RidgeBaseline,
+    flat_threshold_bps,
+    summary_features,
+)
 
 
-def regression_metrics(pred: np.ndarray, y: np.ndarray) -> dict[str, dict[str, float | None]]:
-    """Per task: ``mse``, ``r2`` and, for ``mid``, ``direction_acc``. pred, y: (N, 3)."""
+def regression_metrics(pred: np.ndarray, y: np.ndarray, flat_bps: float | None = None
+                       ) -> dict[str, dict[str, float | None]]:
+    """Per task: ``mse``, ``r2`` and, for ``mid``, ``direction_acc``; with ``flat_bps`` also
+    the up/flat/down classification beyond that threshold (|return| < ``flat_bps`` is flat, for
+    the truth and the prediction alike): ``direction3_acc`` and its macro-F1 ``direction3_f1``,
+    the measures of the limit-order-book literature. pred, y: (N, 3)."""
     pred, y = np.asarray(pred, np.float64), np.asarray(y, np.float64)
     out: dict[str, dict[str, float | None]] = {}
     for k, task in enumerate(TASKS):
@@ -41,60 +54,27 @@ def regression_metrics(pred: np.ndarray, y: np.ndarray) -> dict[str, dict[str, f
                 float((signs == np.sign(y[moved, k])).mean())
                 if moved.any() and np.any(signs != 0) else None
             )
+            if flat_bps is not None:
+                m.update(direction_classes(pred[:, k], y[:, k], flat_bps))
         out[task] = m
     return out
 
 
-class RidgeBaseline:
-    """Ridge regression on flattened windows, one penalty per target chosen on validation."""
+def direction_classes(pred: np.ndarray, y: np.ndarray, flat_bps: float) -> dict[str, float]:
+    """Accuracy and macro-F1 (mean over down, flat, up of 2PR/(P+R); a class neither true nor
+    predicted is left out of the mean) of the three-way direction beyond ``flat_bps``."""
+    def classes(v):
+        return np.where(v > flat_bps, 2, np.where(v < -flat_bps, 0, 1))
 
-    def __init__(self, alphas: tuple[float, ...] = (0.1, 1.0, 10.0, 100.0, 1000.0)) -> None:
-        self.alphas = tuple(alphas)
-
-    block = 8192  # windows flattened at a time: a full day's split never exists flat at once
-
-    def _flat_blocks(self, x):
-        for start in range(0, len(x), self.block):
-            yield np.asarray(x[start:start + self.block], np.float64).reshape(
-                min(self.block, len(x) - start), -1)
-
-    def fit(self, x_train, y_train: np.ndarray, x_val, y_val: np.ndarray) -> RidgeBaseline:
-        """``x_*``: (N, W, F) arrays or :class:`cmm.data.windows.Windows` views."""
-        y_train = np.asarray(y_train, np.float64)
-        self.x_mean_ = sum(b.sum(axis=0) for b in self._flat_blocks(x_train)) / len(x_train)
-        self.y_mean_ = y_train.mean(axis=0)
-        Yc = y_train - self.y_mean_
-        d = len(self.x_mean_)
-        gram, xty = np.zeros((d, d)), np.zeros((d, y_train.shape[1]))
-        for i, b in enumerate(self._flat_blocks(x_train)):
-            bc = b - self.x_mean_
-            gram += bc.T @ bc
-            xty += bc.T @ Yc[i * self.block:i * self.block + len(b)]
-        eye = np.eye(d)
-        yv = np.asarray(y_val, np.float64)
-        scale = np.trace(gram) / d  # penalties are relative to the mean eigenvalue
-        solutions = {a: np.linalg.solve(gram + a * scale * eye, xty) for a in self.alphas}
-        sq_err = {a: np.zeros(y_train.shape[1]) for a in self.alphas}
-        for i, b in enumerate(self._flat_blocks(x_val)):
-            bc = b - self.x_mean_
-            yb = yv[i * self.block:i * self.block + len(b)]
-            for a, w in solutions.items():
-                sq_err[a] += ((bc @ w + self.y_mean_ - yb) ** 2).sum(axis=0)
-        self.coef_ = np.zeros((d, y_train.shape[1]))
-        self.alpha_ = []
-        self.val_mse_ = []
-        for k in range(y_train.shape[1]):
-            mse, a = min((float(sq_err[a][k] / len(yv)), a) for a in self.alphas)
-            self.val_mse_.append(mse)
-            self.alpha_.append(a)
-            self.coef_[:, k] = solutions[a][:, k]
-        return self
-
-    def predict(self, x) -> np.ndarray:
-        if not hasattr(self, "coef_"):
-            raise RuntimeError("RidgeBaseline is not fitted; call fit() first")
-        parts = [(b - self.x_mean_) @ self.coef_ + self.y_mean_ for b in self._flat_blocks(x)]
-        return np.concatenate(parts) if parts else np.zeros((0, self.coef_.shape[1]))
+    t, p = classes(np.asarray(y)), classes(np.asarray(pred))
+    confusion = np.bincount(3 * t + p, minlength=9).reshape(3, 3)
+    f1 = []
+    for c in range(3):
+        tp, support, called = confusion[c, c], confusion[c].sum(), confusion[:, c].sum()
+        if support + called:
+            f1.append(2 * tp / (support + called))
+    return {"direction3_acc": float(np.trace(confusion) / max(len(t), 1)),
+            "direction3_f1": float(np.mean(f1)) if f1 else 0.0, "flat_bps": float(flat_bps)}
 
 
 def last_realised(samples, split: str, horizon: int, fallback: np.ndarray) -> np.ndarray:
@@ -122,23 +102,29 @@ def persistence_baseline(samples, split: str, horizon: int, train_mean: np.ndarr
     return pred
 
 
-def baseline_predictions(dataset, ridge_alphas: tuple[float, ...]) -> tuple[dict, dict]:
+def baseline_predictions(dataset, ridge_alphas: tuple[float, ...],
+                         yardsticks: YardstickConfig = YardstickConfig()) -> tuple[dict, dict]:
     """Predictions of every baseline on validation and test: ``{split: {name: (N, 3)}}``, and
-    the ridge penalties chosen on validation."""
-    x_train, y_train = dataset.windows("train"), dataset.targets("train")
-    x_val, y_val = dataset.windows("validation"), dataset.targets("validation")
+    what was chosen on validation (ridge penalties, trees per target)."""
+    feats = {s: summary_features(dataset.windows(s), yardsticks.spans)
+             for s in ("train", "validation", "test")}
+    y_train, y_val = dataset.targets("train"), dataset.targets("validation")
     train_mean = y_train.astype(np.float64).mean(axis=0)
-    ridge = RidgeBaseline(ridge_alphas).fit(x_train, y_train, x_val, y_val)
+    ridge = RidgeBaseline(ridge_alphas).fit(feats["train"], y_train, feats["validation"], y_val)
+    trees = GradientBoosted(yardsticks).fit(feats["train"], y_train, feats["validation"], y_val)
     horizon = dataset.config.features.horizon
     out: dict[str, dict[str, np.ndarray]] = {}
     for split in ("validation", "test"):
-        x = dataset.windows(split)
+        n = len(feats[split])
         out[split] = {
             "zero/last": persistence_baseline(dataset.samples, split, horizon, train_mean),
-            "train-mean": np.broadcast_to(train_mean, (len(x), 3)).copy(),
-            "ridge": ridge.predict(x),
+            "train-mean": np.broadcast_to(train_mean, (n, 3)).copy(),
+            "ridge": ridge.predict(feats[split]),
+            "lightgbm": trees.predict(feats[split]),
         }
-    return out, {"ridge_alpha": dict(zip(TASKS, ridge.alpha_, strict=True))}
+    return out, {"ridge_alpha": dict(zip(TASKS, ridge.alpha_, strict=True)),
+                 "lightgbm_trees": dict(zip(TASKS, trees.best_iterations_, strict=True)),
+                 "features": f"last step + means over the last {list(yardsticks.spans)} steps"}
 
 
 def evaluate_teacher(model, dataset, ridge_alphas: tuple[float, ...] = (0.1, 1.0, 10.0, 100.0),
@@ -150,6 +136,7 @@ def evaluate_teacher(model, dataset, ridge_alphas: tuple[float, ...] = (0.1, 1.0
     if baselines is None:
         baselines = baseline_predictions(dataset, ridge_alphas)
     preds, info = baselines
+    flat = flat_threshold_bps(dataset) if hasattr(dataset, "instrument") else None
     report: dict = {"models": {}, "baselines": info, "windows": {}}
     for split in ("validation", "test"):
         y = dataset.targets(split)
@@ -157,9 +144,9 @@ def evaluate_teacher(model, dataset, ridge_alphas: tuple[float, ...] = (0.1, 1.0
         p_std, _ = predict_windows(model, dataset.windows(split), batch_size,
                                    on_progress=on_progress, stage=f"evaluate {split}")
         pred = model.to_units_np(p_std)
-        report["models"].setdefault("teacher", {})[split] = regression_metrics(pred, y)
+        report["models"].setdefault("teacher", {})[split] = regression_metrics(pred, y, flat)
         for name, p in preds[split].items():
-            report["models"].setdefault(name, {})[split] = regression_metrics(p, y)
+            report["models"].setdefault(name, {})[split] = regression_metrics(p, y, flat)
     return report
 
 

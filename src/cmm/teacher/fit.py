@@ -89,7 +89,7 @@ def init_heads(model: TeacherModel, x_train: np.ndarray, y_train: np.ndarray,
     """Linear-probe warm start (LP-FT, Kumar et al. 2022): standardise the pooled final state
     with statistics of ``x_train`` and set each linear head to the ridge solution on it, the
     penalty chosen on ``(x_val, y_val)``. Targets are standardised. Returns what was chosen."""
-    from cmm.teacher.evaluate import RidgeBaseline
+    from cmm.yardsticks import RidgeBaseline
 
     model.eval()
     f_train = _pooled(model, x_train, batch_size)
@@ -147,6 +147,14 @@ def fit_teacher(dataset: TeacherDataset, config: TeacherConfig | None = None,
     subsets = [np.arange(offset, len(x_train_all), stride) for offset in range(stride)]
     x_val = dataset.windows("validation")
     y_val = dataset.targets("validation")
+    if len(x_val) == 0:
+        from cmm.errors import InputError
+
+        raise InputError(f"dataset '{getattr(dataset, 'name', '?')}' has no validation windows, "
+                         "which the teacher's early stopping needs: raise data.splits.validation "
+                         "or lower data.features.horizon / data.splits.purge (the gap after "
+                         "each split boundary), and prepare it again",
+                         field="data.splits.validation")
     if config.max_eval_windows and len(x_val) > config.max_eval_windows:
         pick = np.linspace(0, len(x_val) - 1, config.max_eval_windows).round().astype(int)
         x_val, y_val = x_val[pick], y_val[pick]
