@@ -17,8 +17,10 @@ from pydantic import (
     PositiveFloat,
     PositiveInt,
     ValidationError,
+    field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from cmm.errors import InputError
 
@@ -45,6 +47,9 @@ class Sizing(FrozenModel):
         return self
 
 
+MAX_FEE = 0.01  # |maker_fee|, |taker_fee|: at most 1 % of the traded value
+
+
 class Instrument(FrozenModel):
     """Contract terms. ``inverse``: size in contracts of ``contract_size`` quote units, PnL in the
     base coin (e.g. BTCUSD coin-margined perpetuals); otherwise linear (PnL in quote currency)."""
@@ -56,6 +61,16 @@ class Instrument(FrozenModel):
     maker_fee: float = 0.0  # fraction of traded value; negative = rebate
     taker_fee: float = 0.0
     sizing: Sizing = Sizing()
+
+    @field_validator("maker_fee", "taker_fee")
+    @classmethod
+    def _fee_fraction(cls, fee: float) -> float:
+        # |fee| <= 1 %: venues charge (or rebate) hundredths of a percent; 5 would be 500 %
+        if not abs(fee) <= MAX_FEE:
+            raise PydanticCustomError(
+                "fee_range", "a fee is a fraction of the traded value: expected -{limit} <= fee "
+                "<= {limit} (1 %; 0.0002 is 2 bp)", {"limit": MAX_FEE})
+        return fee
 
 
 class GridConfig(FrozenModel):
@@ -416,6 +431,27 @@ class OracleConfig(FrozenModel):
     """Upper bound: the true future targets as predictions. Never a competitor."""
 
     latency_ns: int = Field(0, ge=0)
+
+
+class YardstickConfig(FrozenModel):
+    """Yardsticks (:mod:`cmm.yardsticks`): ridge and gradient-boosted trees on hand features of
+    the window, as predictors and as policies quoting through the ladder. Features: the last
+    step's features and their means over the last ``spans`` steps (clipped to the window)."""
+
+    spans: tuple[PositiveInt, ...] = (5, 20, 64)
+    ridge_alphas: tuple[PositiveFloat, ...] = (0.01, 0.1, 1.0, 10.0, 100.0, 1000.0)
+    # LightGBM, one model per target, early-stopped on validation
+    lgbm_estimators: PositiveInt = 400
+    lgbm_learning_rate: PositiveFloat = 0.05
+    lgbm_leaves: PositiveInt = 31
+    lgbm_min_child_samples: PositiveInt = 100
+    lgbm_early_stopping: PositiveInt = 30
+    lgbm_max_train: int = Field(200_000, ge=0)  # training windows (evenly spaced); 0: all
+    threads: PositiveInt = 2
+    seed: int = 0
+    # None: the measured batch-1 decision time (features + model), rounded up to 100 us so that
+    # reruns on one machine charge the same figure
+    latency_ns: int | None = Field(None, ge=0)
 
 
 class BacktestRunConfig(FrozenModel):
