@@ -104,9 +104,10 @@ def test_avellaneda_stoikov_outputs():
     out = pol.act(ds, "test", plan)
     assert isinstance(out, Predictions)
     tau = plan.time_left_s()
-    # gamma calibrated: skew at the limit at the mean tau = 2 ticks
-    mean_tau = np.nanmean(tau[plan.rows])
-    assert pol.gamma_ * 10.0 * mean_tau == pytest.approx(2.0)
+    # gamma calibrated: skew at the limit = 2 ticks at half an episode's length (the setting),
+    # not at the test split's own decision times
+    half_episode = float((plan.episode_end_ns - plan.episode_start_ns).mean()) / 2e9
+    assert pol.gamma_ * 10.0 * half_episode == pytest.approx(2.0)
     i = plan.rows[0]
     g, s2 = pol.gamma_, 10.0
     assert out.skew_ticks[i] == pytest.approx(g * s2 * tau[i])

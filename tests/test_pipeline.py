@@ -106,7 +106,7 @@ def test_whole_pipeline_writes_a_complete_report(tiny_run):
                     "Pretrained vs random-init backbone", "Robustness", "Decision latency",
                     "Fluorescent probe", "Figures"):
         assert f"### {heading}" in md, heading
-    for label in ("CMM (Hájek-MoE)", "teacher LLM", "Avellaneda-Stoikov", "oracle (upper bound)"):
+    for label in ("CMM (Hájek-MoE)", "teacher LLM", "Avellaneda-Stoikov", "perfect-forecast ladder"):
         assert f"| {label} |" in md
     run_info = json.loads((run / "run.json").read_text())
     assert "cmm run tiny.yaml" in md and run_info["git"]["commit"][:12] in md
@@ -138,7 +138,7 @@ def test_overview_puts_markets_side_by_side(tiny_run):
     assert [row[0] for row in overview.rows] == list(main)
     for row in overview.rows:
         assert row[1] == row[2] == fmt(main[row[0]]["EPnL"])
-        assert (row[3] == "–") == (row[0] == "oracle (upper bound)")
+        assert (row[3] == "–") == (row[0] == "perfect-forecast ladder")
     pair = titled["CMM against its teacher"].rows
     assert len(pair) == 2 and pair[0][-1].endswith("x")
     assert len(titled["Fluorescent probe"].rows) == 2  # one seed per market

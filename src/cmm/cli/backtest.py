@@ -39,7 +39,7 @@ def metrics_table(runs: list[dict]) -> Table:
     cur = first["currency"]
     table = Table(title=f"{first['dataset']} | {first['split']} | {first['episodes']} episodes",
                   caption=f"mean ± std over episodes; PnL in {cur} currency, fees and closes "
-                          "included; oracle = upper bound, not a competitor")
+                          "included; oracle = perfect-forecast ladder, not a competitor")
     table.add_column("metric", no_wrap=True)
     for r in runs:
         table.add_column(r["metrics"]["policy"], justify="right", no_wrap=True)

@@ -32,7 +32,7 @@ LABELS = {
     "kd": "vanilla KD student", "fitnets": "FitNets student", "multitask": "multi-task student",
     "truth": "ground-truth student", "no_layer": "CMM w/o layer decomposition",
     "no_task": "CMM w/o task decomposition", "no_data": "CMM w/o data decomposition",
-    "fixed": "fixed spread", "as": "Avellaneda-Stoikov", "oracle": "oracle (upper bound)",
+    "fixed": "fixed spread", "as": "Avellaneda-Stoikov", "oracle": "perfect-forecast ladder",
     "ppo": "PPO", "dqn": "DQN",
 }
 

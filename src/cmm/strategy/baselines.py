@@ -12,7 +12,9 @@ trapezoidal ladder and differ only in what they feed it.
   the rate of trades printing at least ``delta`` ticks from the prevailing mid. ``gamma`` (per
   tick) is a setting; unset, it is calibrated so that the inventory skew at the limit, at the
   mean ``tau``, equals ``skew_ticks_at_limit``.
-- ``oracle``: the true future targets (an upper bound that checks the ladder, never a competitor).
+- ``oracle``: the perfect-forecast ladder: the true future targets through the same ladder. It
+  checks that the ladder can use information; it is not an upper bound on PnL (another policy,
+  e.g. one that skews less under a crash, can beat it) and never a competitor.
 """
 
 from __future__ import annotations
@@ -134,23 +136,28 @@ class AvellanedaStoikovPolicy(Policy):
         self.volume_log1p_ = volume_signal(ds, cfg.volume_quantile)
         return self
 
-    def _tau(self, plan: DecisionPlan, mean: bool = False) -> np.ndarray | float:
+    def _tau(self, plan: DecisionPlan) -> np.ndarray:
+        """Time left in the episode at each row (rows outside the plan: half an episode)."""
         cfg = self.config
         if cfg.horizon == "fixed":
-            return cfg.horizon_s if mean else np.full(plan.n_rows, cfg.horizon_s)
-        left = (plan.episode_end_ns[plan.episode] - plan.ts_ns) / 1e9
-        mean_left = float(left.mean()) if len(left) else cfg.horizon_s / 2.0
-        if mean:
-            return mean_left
+            return np.full(plan.n_rows, cfg.horizon_s)
+        lengths = (plan.episode_end_ns - plan.episode_start_ns) / 1e9
+        half = float(lengths.mean()) / 2.0 if len(lengths) else cfg.horizon_s / 2.0
         tau = plan.time_left_s()
-        return np.where(np.isnan(tau), mean_left, np.maximum(tau, 0.0))
+        return np.where(np.isnan(tau), half, np.maximum(tau, 0.0))
 
     def gamma(self, plan: DecisionPlan) -> float:
-        """Risk aversion per tick (inventory as a fraction of the limit)."""
+        """Risk aversion per tick (inventory as a fraction of the limit). Calibrated, when not
+        set, at the mean time left of an episode of the configured length (half of it): a
+        setting, never the test split's own decision times (sigma comes from train)."""
         _check_fitted(self, "sigma2_ticks_per_s_")
         if self.config.gamma is not None:
             return float(self.config.gamma)
-        tau_mean = float(self._tau(plan, mean=True))
+        if self.config.horizon == "fixed":
+            tau_mean = self.config.horizon_s
+        else:
+            lengths = (plan.episode_end_ns - plan.episode_start_ns) / 1e9
+            tau_mean = float(lengths.mean()) / 2.0 if len(lengths) else self.config.horizon_s / 2
         return self.config.skew_ticks_at_limit / max(self.sigma2_ticks_per_s_ * tau_mean, 1e-12)
 
     def act(self, ds: PreparedDataset, split: str, plan: DecisionPlan) -> Predictions:
@@ -167,7 +174,7 @@ class AvellanedaStoikovPolicy(Policy):
 
 @register_policy("oracle")
 class OraclePolicy(Policy):
-    """Fed the true future targets: an upper bound, never reported as a competitor."""
+    """The perfect-forecast ladder: fed the true future targets; never a competitor."""
 
     config_class = OracleConfig
 
