@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import gzip
 import io
+import itertools
 import json
 import re
 from datetime import datetime, timezone
@@ -196,8 +197,12 @@ def _sdepth(U, u, bids, asks, t=0, compact=True) -> str:
                                           "U": U, "u": u, "b": bids, "a": asks}, compact)
 
 
+_TRADE_IDS = itertools.count(1)  # each trade its own id, as on the exchange (repeats are dropped)
+
+
 def _trade(p, q, m, t=0, x="MARKET", compact=True) -> str:
-    data = {"e": "trade", "E": T0_MS + t + 1, "T": T0_MS + t, "s": "BTCUSDT", "t": 1,
+    data = {"e": "trade", "E": T0_MS + t + 1, "T": T0_MS + t, "s": "BTCUSDT",
+            "t": next(_TRADE_IDS),
             "p": p, "q": q, "m": m}
     if x is not None:
         data["X"] = x
@@ -254,7 +259,7 @@ def test_synthetic_rows_flags_and_timestamps(tmp_path):
 @pytest.mark.parametrize("digits,unit,mul", [(16, "us", 1000), (19, "ns", 1), (13, "ms", 10**6)])
 def test_timestamp_unit_detected_per_file(tmp_path, digits, unit, mul):
     t0 = T0_NS // 10 ** (19 - digits)
-    path = _write(tmp_path, [_trade("1.0", "1.0", True)] * 2, t0=t0, step=1)
+    path = _write(tmp_path, [_trade("1.0", "1.0", True) for _ in range(2)], t0=t0, step=1)
     events, report = read_binance(path, INSTRUMENT)
     assert report.timestamp_unit == unit
     assert list(events["local_ts"]) == [t0 * mul, (t0 + 1) * mul]

@@ -34,7 +34,8 @@ from cmm.errors import InputError
 __all__ = [
     "BUY_EVENT", "SELL_EVENT", "DEPTH_EVENT", "TRADE_EVENT", "DEPTH_CLEAR_EVENT",
     "DEPTH_SNAPSHOT_EVENT", "EXCH_EVENT", "LOCAL_EVENT", "event_dtype", "EVENT_TYPE_MASK",
-    "ReadReport", "finalize_events", "check_raw_events", "quietly",
+    "ReadReport", "finalize_events", "check_raw_events", "range_checks", "quietly",
+    "MAX_PRICE_TICKS", "MAX_SIZE_LOTS",
 ]
 
 EVENT_TYPE_MASK = 0xFF  # low byte of `ev` holds the event kind; high bits are flags
@@ -88,9 +89,42 @@ class quietly:
         return self._ctx.__exit__(*exc)
 
 
-def check_raw_events(events: np.ndarray, file: str | Path) -> None:
-    """Reject values no market can produce, naming the record: NaN or non-positive prices,
-    NaN or negative quantities, trades of zero size, local timestamps going backwards."""
+# Largest plausible magnitudes, in the instrument's units. hftbacktest keeps prices as int64
+# tick indices and walks its book tick by tick between levels (a best level deleted: the next one
+# is searched one tick at a time), so a price of 1e19 (1e20 ticks, past int64) makes the replay
+# spin forever and one of 1e9 ticks takes a minute per search. 2**31 ticks (int32) is over 100
+# times the largest price in ticks of the real captures (spot BTCUSDT asks at 200000 on a 0.01
+# tick: 2e7). Sizes must stay exact whole numbers of lots in float64 (the volume targets count
+# lots): below 2**53 lots (the real captures: under 1e11).
+MAX_PRICE_TICKS = 2**31
+MAX_SIZE_LOTS = 2**53
+
+
+def range_checks(events: np.ndarray, instrument=None) -> list[tuple[np.ndarray, str, str]]:
+    """``(bad rows, field, expected)`` for prices and sizes too large for the instrument's tick
+    and lot (:data:`MAX_PRICE_TICKS`, :data:`MAX_SIZE_LOTS`); none without an instrument."""
+    if instrument is None or len(events) == 0:
+        return []
+    kind = events["ev"] & EVENT_TYPE_MASK
+    priced = (kind == DEPTH_EVENT) | (kind == TRADE_EVENT) | (kind == DEPTH_SNAPSHOT_EVENT)
+    tick, lot = float(instrument.tick_size), float(instrument.lot_size)
+    max_px, max_qty = MAX_PRICE_TICKS * tick, MAX_SIZE_LOTS * lot
+    with np.errstate(invalid="ignore"):
+        return [
+            (priced & ~(events["px"] < max_px), "px",
+             f"a price < {max_px:.10g} (2**31 ticks of {tick:g}; else check "
+             "instrument.tick_size)"),
+            (priced & ~(events["qty"] < max_qty), "qty",
+             f"a size < {max_qty:.10g} (2**53 lots of {lot:g}; else check "
+             "instrument.lot_size)"),
+        ]
+
+
+def check_raw_events(events: np.ndarray, file: str | Path, instrument=None) -> None:
+    """Reject values no market can produce, naming the record: NaN or non-positive prices, NaN
+    or negative quantities, trades of zero size, local timestamps going backwards and, given the
+    ``instrument``, prices and sizes past what its tick and lot can hold (:func:`range_checks`).
+    """
     if events.dtype != event_dtype:
         raise InputError("array is not an hftbacktest event array", file=file, field="dtype",
                          expected=str(event_dtype), got=str(events.dtype))
@@ -106,7 +140,7 @@ def check_raw_events(events: np.ndarray, file: str | Path) -> None:
         (~np.isfinite(px) & priced, "px", "a finite price"),
         (~np.isfinite(qty) & priced, "qty", "a finite quantity"),
     ]
-    for bad, name, expected in checks:
+    for bad, name, expected in checks + range_checks(events, instrument):
         if bad.any():
             i = int(np.argmax(bad))
             raise InputError("invalid value", file=file, record=i, field=name,

@@ -15,7 +15,9 @@ Messages and what they become (row order = file order; within a diff, bids then 
 - ``trade``: one ``TRADE_EVENT`` row; ``m`` true (buyer is maker) is a sell aggressor
   (``SELL_EVENT``), else ``BUY_EVENT``; exch_ts = ``T``. Trades whose ``X`` is present and not
   ``MARKET`` (futures liquidation / ADL / insurance-fund fills) are skipped and counted as
-  ``trade_not_market``, like hftbacktest's converter.
+  ``trade_not_market``, like hftbacktest's converter. A trade that an earlier line of the file
+  already had (same id ``t``, side, price, size and ``T``: a block received or captured twice)
+  is dropped: repair ``duplicate_trade``.
 - REST snapshot ``{"lastUpdateId", "bids", "asks"}``: per non-empty side a
   ``DEPTH_CLEAR_EVENT`` at the side's last (worst) price, then one ``DEPTH_SNAPSHOT_EVENT`` row
   per level, exactly like hftbacktest's converter; exch_ts = ``T``, or the local receive time
@@ -77,6 +79,7 @@ from cmm.data.events import (
     ReadReport,
     check_raw_events,
     event_dtype,
+    range_checks,
 )
 from cmm.data.readers import register_reader
 from cmm.data.readers.compressed import read_bytes
@@ -416,7 +419,7 @@ def read_binance(path: Path, instrument: Instrument,
               _as_2d(events, np.int64), _as_2d(events, np.float64))
     report.events = total
     try:
-        check_raw_events(events, path)
+        check_raw_events(events, path, instrument)
     except InputError as err:
         # segments of the whole file, in row order, to name the line and field
         segs = [(k + 1, 1, "p") for k in np.flatnonzero(is_trade).tolist()]
@@ -425,7 +428,13 @@ def read_binance(path: Path, instrument: Instrument,
         segs = sorted(segs + list(zip(seg_line, seg_n, seg_field)), key=lambda seg: seg[0])
         all_n = np.asarray([seg[1] for seg in segs], dtype=np.int64)
         raise _locate_bad_value(path, events, all_n, [seg[0] for seg in segs],
-                                [seg[2] for seg in segs]) or err from None
+                                [seg[2] for seg in segs], instrument) or err from None
+    trade_lines = np.flatnonzero(is_trade)
+    if len(seg_line):  # trades the per-line code read (0-based lines)
+        trade_lines = np.sort(np.concatenate([trade_lines, np.asarray(
+            [ln - 1 for ln, ev in zip(seg_line, seg_ev) if ev & EVENT_TYPE_MASK == TRADE_EVENT],
+            dtype=np.int64)]))
+    events = _drop_duplicate_trades(events, report, buf, start, end, trade_lines)
     return events, report
 
 
@@ -1066,8 +1075,10 @@ def _locate_bad_levels(path: Path, lines: list[bytes], nd: int, chunks: list[byt
 
 
 def _locate_bad_value(path: Path, events: np.ndarray, n: np.ndarray, seg_line: list[int],
-                      seg_field: list[str]) -> InputError | None:
-    """Name the line and field of the first impossible price or quantity."""
+                      seg_field: list[str], instrument: Instrument | None = None
+                      ) -> InputError | None:
+    """Name the line and field of the first impossible price or quantity (or one past what
+    the instrument's tick and lot can hold: :func:`cmm.data.events.range_checks`)."""
     kind = events["ev"] & EVENT_TYPE_MASK
     px, qty = events["px"], events["qty"]
     priced = kind != DEPTH_CLEAR_EVENT
@@ -1075,6 +1086,8 @@ def _locate_bad_value(path: Path, events: np.ndarray, n: np.ndarray, seg_line: l
         (~(px > 0) | ~np.isfinite(px), 0, "a finite price > 0"),
         (priced & (~(qty >= 0) | ~np.isfinite(qty)), 1, "a finite quantity >= 0"),
         ((kind == TRADE_EVENT) & ~(qty > 0), 1, "a trade quantity > 0"),
+        *((bad, int(name == "qty"), expected)
+          for bad, name, expected in range_checks(events, instrument)),
     )
     ends = np.cumsum(n)
     for bad, col, expected in checks:
@@ -1094,3 +1107,70 @@ def _locate_bad_value(path: Path, events: np.ndarray, n: np.ndarray, seg_line: l
         return InputError("invalid value", file=path, line=seg_line[seg], field=field,
                           expected=expected, got=value)
     return None
+
+
+# ---------------------------------------------------------------------------------------------
+# duplicated trades
+
+_TRADE_ID = np.frombuffer(b'"t":', np.uint8)
+
+
+@njit(cache=True, nogil=True)
+def _trade_ids(buf, start, end, lines):
+    """The trade id (the integer after ``"t":``) of each line in ``lines``; -1 if none."""
+    out = np.full(len(lines), -1, np.int64)
+    for i in range(len(lines)):
+        k = lines[i]
+        e = end[k]
+        q = start[k]
+        while q + 4 < e:
+            if buf[q] == 34 and _at(buf, q, e, _TRADE_ID):
+                p = q + 4
+                while p < e and (buf[p] == 32 or buf[p] == 9):
+                    p += 1
+                v = 0
+                nd = 0
+                while p < e and 48 <= buf[p] <= 57 and nd < 19:
+                    v = v * 10 + (np.int64(buf[p]) - 48)
+                    nd += 1
+                    p += 1
+                if 0 < nd < 19 and p < e and (buf[p] == 44 or buf[p] == 125 or buf[p] == 32
+                                              or buf[p] == 9):
+                    out[i] = v
+                break
+            q += 1
+    return out
+
+
+def _drop_duplicate_trades(events: np.ndarray, report: ReadReport, buf: np.ndarray,
+                           start: np.ndarray, end: np.ndarray, trade_lines: np.ndarray
+                           ) -> np.ndarray:
+    """Trades counted once: a trade that an earlier line of the file already had (the same id
+    ``t``, side, price, size and exchange time: a block received or captured twice) is dropped
+    (repair ``duplicate_trade``). ``trade_lines``: the 0-based line of each trade row, in row
+    order."""
+    if len(trade_lines) < 2:
+        return events
+    ids = _trade_ids(buf, start, end, trade_lines)
+    known = ids[ids >= 0]
+    if len(known) < 2 or bool(np.all(known[1:] > known[:-1])):  # ids increase: no repeats
+        return events
+    rows = np.flatnonzero((events["ev"] & EVENT_TYPE_MASK) == TRADE_EVENT)
+    if len(rows) != len(ids):  # (cannot happen: one row per trade line)
+        return events
+    rows = rows[ids >= 0]
+    t = events[rows]
+    cols = (ids[ids >= 0], t["ev"], t["exch_ts"], t["px"], t["qty"])
+    order = np.lexsort((np.arange(len(rows)),) + cols[::-1])  # by id, ..., then file order
+    same = np.ones(len(rows) - 1, dtype=np.bool_)
+    for c in cols:
+        cs = c[order]
+        same &= cs[1:] == cs[:-1]
+    n_dup = int(np.count_nonzero(same))
+    if n_dup == 0:
+        return events
+    keep = np.ones(len(events), dtype=np.bool_)
+    keep[rows[order[1:][same]]] = False  # each repeat after its first occurrence
+    report.repair("duplicate_trade", n_dup)
+    report.events = len(events) - n_dup
+    return events[keep]

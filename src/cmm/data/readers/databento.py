@@ -555,6 +555,6 @@ def read_databento_mbo(path: Path, instrument: Instrument,
         if report.repairs.get(kind):
             report.warnings.append(f"{report.repairs[kind]} record(s) repaired: {kind}")
     events = book.to_array()
-    check_raw_events(events, path)
+    check_raw_events(events, path, instrument)
     finish_report(report, events, first_ts, last_ts)
     return events, report

@@ -383,7 +383,7 @@ def read_lobster(path: Path, instrument: Instrument,
         arr = np.array(rows, dtype=[("ev", "u8"), ("ts", "i8"), ("px", "f8"), ("qty", "f8")])
         events["ev"], events["px"], events["qty"] = arr["ev"], arr["px"], arr["qty"]
         events["exch_ts"] = events["local_ts"] = arr["ts"]
-    check_raw_events(events, path)
+    check_raw_events(events, path, instrument)
     finish_report(report, events, seed_ts, int(ts_all[-1]) if len(ts_all) else None)
     return events, report
 

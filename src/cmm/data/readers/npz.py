@@ -145,7 +145,7 @@ def read_hftbacktest_npz(path: Path, instrument: Instrument,
         if n:
             report.count(name, n)
     report.has_snapshot = bool((kind == DEPTH_SNAPSHOT_EVENT).any())
-    check_raw_events(arr, path)
+    check_raw_events(arr, path, instrument)
     report.events = len(arr)
     if len(arr):
         report.first_local_ts = int(arr["local_ts"][0])

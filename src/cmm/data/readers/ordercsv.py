@@ -226,7 +226,7 @@ def read_order_csv(path: Path, instrument: Instrument,
     report.warnings.append("no snapshots: the book holds only orders seen in the file; orders "
                            "resting before the capture began are missing")
     events = book.to_array()
-    check_raw_events(events, path)
+    check_raw_events(events, path, instrument)
     first_ns = None if clock.first is None else clock.first * ns_per
     last_ns = None if clock.last is None else clock.last * ns_per
     finish_report(report, events, first_ns, last_ns)
