@@ -91,10 +91,47 @@ ACCT_SIZE = 6
 STATUS_OK, STATUS_END_OF_DATA, STATUS_ORDER_CAPACITY = 0, 1, 1000
 
 
+def check_replayable(events: np.ndarray, instrument: Instrument) -> None:
+    """Refuse events whose prices or sizes hftbacktest's book cannot hold, naming the record.
+
+    The kernel's own loops are bounded (decisions, the orders it holds, the episode close's
+    100,000 polls), but hftbacktest's market depth keeps int64 tick indices and, when a best
+    level goes, searches the next one tick by tick inside ``elapse`` (Rust, out of the kernel's
+    reach): a price past int64 ticks (1e19 on a 0.1 tick) makes that search endless, one 1e9
+    ticks away takes about a minute. The preparation step rejects such values when it reads the
+    raw files; this guards every other way in (events built or edited by hand, another tick)."""
+    from cmm.data.events import (MAX_PRICE_TICKS, DEPTH_CLEAR_EVENT, DEPTH_EVENT,
+                                 DEPTH_SNAPSHOT_EVENT, EVENT_TYPE_MASK, TRADE_EVENT,
+                                 range_checks)
+    from cmm.errors import InputError
+
+    if len(events) == 0:
+        return
+    kind = events["ev"] & EVENT_TYPE_MASK
+    book = ((kind == DEPTH_EVENT) | (kind == DEPTH_SNAPSHOT_EVENT) | (kind == TRADE_EVENT)
+            | (kind == DEPTH_CLEAR_EVENT))
+    px, qty = events["px"], events["qty"]
+    max_px = MAX_PRICE_TICKS * instrument.tick_size
+    with np.errstate(invalid="ignore"):
+        checks = [(book & ~(np.isfinite(px) & (px >= 0)), "px", "a finite price >= 0"),
+                  (book & ~(np.isfinite(qty) & (qty >= 0)), "qty", "a finite size >= 0"),
+                  (book & ~(px < max_px), "px",
+                   f"a price < {max_px:.10g} (2**31 ticks of {instrument.tick_size:g})"),
+                  *range_checks(events, instrument)]
+    for bad, name, expected in checks:
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise InputError("the replay's order book cannot hold this value (fix the data "
+                             "or the instrument)", record=i, field=name, expected=expected,
+                             got=float(events[name][i]))
+
+
 def build_asset(events: np.ndarray, instrument: Instrument, config: BacktestConfig,
                 policy_latency_ns: int) -> BacktestAsset:
     """One hftbacktest asset: the instrument's terms and fees, the configured queue and exchange
-    models, and order entry latency = venue latency + the policy's own latency."""
+    models, and order entry latency = venue latency + the policy's own latency. Events it
+    cannot replay in bounded time raise :class:`InputError` (:func:`check_replayable`)."""
+    check_replayable(events, instrument)
     asset = BacktestAsset().data([events])
     cs = instrument.contract_size
     asset = asset.inverse_asset(cs) if instrument.inverse else asset.linear_asset(cs)
@@ -134,6 +171,22 @@ def _amount(inverse: bool, cs: float, px: float, qty: float) -> float:
 
 
 @njit
+def _order_ids(orders) -> np.ndarray:
+    """The ids of the orders in hftbacktest's order map, ascending. The map iterates in the
+    order of a Rust HashMap, which is seeded afresh in every process: walked in that order,
+    identical runs would book one look's fills in different orders (cash and fees differing
+    in the last bits) and could keep a different one of two equal resting orders."""
+    ids = np.empty(len(orders), np.int64)
+    m = 0
+    vals = orders.values()
+    while vals.has_next():
+        if m < ids.shape[0]:
+            ids[m] = np.int64(vals.get().order_id)
+        m += 1
+    return np.sort(ids[:min(m, ids.shape[0])])
+
+
+@njit
 def _collect(hbt, t0, p, maker_fee, acct, filled, ords, fills, nf, ep):
     """Record fills since the last look (per order: cumulative executed qty), book them in
     ``acct``, note each order's first exchange response, then drop inactive orders from the
@@ -141,9 +194,12 @@ def _collect(hbt, t0, p, maker_fee, acct, filled, ords, fills, nf, ep):
     lot, cs = p[LP_LOT], p[LP_CONTRACT]
     inverse = p[LP_INVERSE] > 0.5
     now = hbt.current_timestamp
-    vals = hbt.orders(0).values()
-    while vals.has_next():
-        o = vals.get()
+    orders = hbt.orders(0)
+    ids = _order_ids(orders)
+    for k in range(ids.shape[0]):
+        o = orders.get(np.uint64(ids[k]))
+        if o is None:
+            continue
         oid = o.order_id
         if oid >= filled.shape[0]:
             continue
@@ -183,10 +239,11 @@ def _reconcile(hbt, t0, bid_tick, bid_lots, ask_tick, ask_lots, bid_kept, ask_ke
     for j in range(K):
         bid_kept[j] = False
         ask_kept[j] = False
-    vals = hbt.orders(0).values()
-    while vals.has_next():
-        o = vals.get()
-        if o.req == CANCELED:
+    orders = hbt.orders(0)
+    ids = _order_ids(orders)
+    for k in range(ids.shape[0]):
+        o = orders.get(np.uint64(ids[k]))
+        if o is None or o.req == CANCELED:
             continue
         active = o.status == NEW or o.status == PARTIALLY_FILLED
         if not active and o.req != NEW:

@@ -30,21 +30,39 @@ _register_all()
 
 
 def main() -> None:
-    """Entry point: user-facing errors become one line on stderr and exit status 2."""
+    """Entry point, with one error path. Errors a user can act on (CmmError: bad input, a
+    missing or corrupt artefact) and OS errors (disk full, read-only folder: the path and the
+    errno's name) are one line on stderr and exit status 2; click's usage errors keep their
+    own message and status; anything else is a bug of cmm: its traceback, then a line asking
+    for a report, and exit status 1."""
     try:
         app(standalone_mode=False)
     except CmmError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
-    except typer.Abort:
+        _fail(f"error: {exc}")
+    except (typer.Abort, KeyboardInterrupt):
         print("aborted", file=sys.stderr)
         sys.exit(130)
-    except Exception as exc:  # click's usage errors carry their own exit code
+    except Exception as exc:  # noqa: BLE001 - sorted below; bugs are re-shown, not hidden
         import click
 
-        if isinstance(exc, click.exceptions.ClickException):
+        if isinstance(exc, click.exceptions.ClickException):  # usage errors: their own code
             exc.show()
             sys.exit(exc.exit_code)
         if isinstance(exc, click.exceptions.Exit):
             sys.exit(exc.exit_code)
-        raise
+        from cmm.errors import ISSUE_TRACKER, describe_os_error, os_error
+
+        located = os_error(exc)
+        if located is not None:
+            _fail(f"error: {describe_os_error(located)}")
+        import traceback
+
+        traceback.print_exc()
+        print(f"internal error: this is a bug in cmm, not a problem with your input; please "
+              f"report it on {ISSUE_TRACKER}", file=sys.stderr)
+        sys.exit(1)
+
+
+def _fail(line: str) -> None:
+    print(" ".join(line.split("\n")), file=sys.stderr)  # one line, whatever the message holds
+    sys.exit(2)

@@ -77,6 +77,6 @@ def run(
     from cmm.pipeline.run import Pipeline
 
     run_dir = Pipeline(cfg, root, base_dir=config.resolve().parent, command=command,
-                       progress=progress, force=tuple(force or ())).run()
+                       progress=progress, force=tuple(force or ()), config_file=config).run()
     console.print(f"report: {run_dir / 'report.html'} (and report.md); "
                   f"log: {run_dir / 'logs' / 'run.log'}")

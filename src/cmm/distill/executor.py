@@ -24,7 +24,10 @@ class Executor(Protocol):
             on_done: DoneFn | None = None) -> list[Any]: ...
 
 
-def _init_worker(threads: int) -> None:
+def _init_worker(threads: int, parent_pid: int | None = None) -> None:
+    from cmm.procs import die_with_parent
+
+    die_with_parent(parent_pid)  # a killed run leaves no workers behind
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = str(threads)
     import torch
@@ -69,7 +72,8 @@ class ProcessExecutor:
             return SerialExecutor(threads=self.threads).map(fn, jobs, on_done)
         out: list[Any] = [None] * len(jobs)
         with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
-                                 initializer=_init_worker, initargs=(self.threads,)) as pool:
+                                 initializer=_init_worker,
+                                 initargs=(self.threads, os.getpid())) as pool:
             futures = {pool.submit(fn, job): i for i, job in enumerate(jobs)}
             for done, fut in enumerate(as_completed(futures), start=1):
                 out[futures[fut]] = fut.result()

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import save_file
 
 from cmm.config import DistillConfig
 from cmm.distill.executor import DoneFn, Executor, get_executor
@@ -27,7 +27,7 @@ from cmm.distill.plan import SplitArrays, Variant, build_jobs, build_variants, r
 from cmm.distill.students import TASKS, StudentSpec
 from cmm.distill.train import StudentResult, train_student
 from cmm.errors import InputError, StaleArtefactError
-from cmm.io import atomic_path, read_artefact_meta, sha256_file, write_json
+from cmm.io import atomic_path, load_safetensors, read_artefact_meta, sha256_file, write_json
 
 SCHEMA_VERSION = 1
 KIND = "cmm.experts"
@@ -151,7 +151,7 @@ def read_experts(folder: str | Path, dataset=None
         raise StaleArtefactError(f"{meta_path}: experts distilled on data "
                                  f"{meta['data']['cache_key']}, not {dataset.cache_key}; run "
                                  "`cmm distill` again")
-    tensors = load_file(str(tensor_path))
+    tensors = load_safetensors(tensor_path)
     specs = {d["name"]: StudentSpec.from_json(d) for d in meta["students"]}
     states: dict[str, dict[str, np.ndarray]] = {n: {} for n in specs}
     for key, value in tensors.items():

@@ -16,9 +16,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import save_file
 
-from cmm.io import atomic_path, read_artefact_meta, write_json
+from cmm.io import atomic_path, load_safetensors, read_artefact_meta, write_json
 from cmm.moe.fused import FusedMixture
 
 SCHEMA_VERSION = 1
@@ -74,7 +74,7 @@ def save_mixture(folder: str | Path, model, meta: dict) -> Path:
 def read_mixture(folder: str | Path) -> tuple[dict, dict[str, np.ndarray]]:
     meta, tensor_path = read_artefact_meta(folder, META_FILE, TENSORS_FILE, kind=KIND,
                                            schema_version=SCHEMA_VERSION, command="cmm moe")
-    return meta, load_file(str(tensor_path))
+    return meta, load_safetensors(tensor_path)
 
 
 def _split(tensors: dict[str, np.ndarray], meta: dict):

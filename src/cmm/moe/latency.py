@@ -50,31 +50,54 @@ def time_decisions(quoter, windows: np.ndarray, repeats: int = 2000, warmup: int
 def measure_in_subprocess(folder: str | Path, windows: np.ndarray, repeats: int = 2000,
                           warmup: int = 200, gate: str = "hajek") -> dict:
     """One-thread, batch-1 decision latency of the mixture saved in ``folder``."""
+    return measure_all_in_subprocess([(folder, gate)], windows, repeats, warmup)[0]
+
+
+def measure_all_in_subprocess(jobs: list[tuple[str | Path, str]], windows: np.ndarray,
+                              repeats: int = 2000, warmup: int = 200) -> list[dict]:
+    """:func:`measure_in_subprocess` of each ``(folder, gate)`` in ``jobs``, one after the
+    other in one fresh interpreter (which costs more than the measurements)."""
+    if not jobs:
+        return []
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "windows.npy"
         np.save(path, np.ascontiguousarray(windows[: max(1, min(len(windows), 512))],
                                            np.float32))
-        env = dict(os.environ, **{v: "1" for v in THREAD_VARS})
-        cmd = [sys.executable, "-m", "cmm.moe.latency", str(folder), str(path), str(repeats),
-               str(warmup), gate]
+        from cmm.procs import child_env
+
+        env = child_env(dict(os.environ, **{v: "1" for v in THREAD_VARS}))
+        cmd = [sys.executable, "-m", "cmm.moe.latency", str(path), str(repeats), str(warmup)]
+        for folder, gate in jobs:
+            cmd += [str(folder), gate]
         out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
         if out.returncode != 0:
             raise RuntimeError(f"latency measurement failed: {out.stderr.strip()[-2000:]}")
-        return json.loads(out.stdout.strip().splitlines()[-1])
+        results = json.loads(out.stdout.strip().splitlines()[-1])
+        if len(results) != len(jobs):
+            raise RuntimeError(f"latency measurement: {len(results)} results for {len(jobs)} "
+                               "mixtures")
+        return results
 
 
 def _main(argv: list[str]) -> None:
-    folder, windows_path, repeats, warmup, gate = argv
+    windows_path, repeats, warmup, *pairs = argv
     from cmm.moe.quoter import Quoter
 
-    quoter = Quoter.load(folder, gate=gate)
     windows = np.load(windows_path)
-    times = time_decisions(quoter, windows, int(repeats), int(warmup))
-    result = {"what": "Quoter.decide: window in, predictions + weights + ladder orders out",
-              "batch": 1, "threads": 1, "gate": gate, "warmup": int(warmup),
-              "cpu": platform.processor() or platform.machine(), **summarise_ns(times)}
-    print(json.dumps(result))
+    results = []
+    for folder, gate in zip(pairs[::2], pairs[1::2], strict=True):
+        quoter = Quoter.load(folder, gate=gate)
+        times = time_decisions(quoter, windows, int(repeats), int(warmup))
+        results.append({"what": "Quoter.decide: window in, predictions + weights + ladder "
+                                "orders out",
+                        "batch": 1, "threads": 1, "gate": gate, "warmup": int(warmup),
+                        "cpu": platform.processor() or platform.machine(),
+                        **summarise_ns(times)})
+    print(json.dumps(results))
 
 
 if __name__ == "__main__":
+    from cmm.procs import die_with_parent_from_env
+
+    die_with_parent_from_env()  # a killed run leaves no measurement behind
     _main(sys.argv[1:])

@@ -4,7 +4,8 @@ trapezoidal ladder, charged with the Quoter's measured decision latency.
 The predictions for a split are computed in one batch by the same fused numpy pass the Quoter
 runs live (so the replay quotes exactly what the Quoter would), and handed to the replay as
 :class:`~cmm.strategy.policy.Predictions`. ``latency_ns``: the setting if given, else the
-one-thread p50 of ``Quoter.decide`` stored in the artefact (``remeasure``: timed again here).
+one-thread p50 of ``Quoter.decide`` with the policy's gate, stored in the artefact when it was
+made (``remeasure``, or an artefact saved unmeasured: timed again here).
 The hard-regime gate reads each sample's regime, known at decision time (trailing volatility).
 
 Importing this module registers the policy; ``cmm.cli.distill`` declares it lazily so
@@ -26,6 +27,15 @@ if TYPE_CHECKING:
     from cmm.data.prepare import PreparedDataset
 
 
+def stored_latency(meta: dict, gate: str) -> int | None:
+    """The decision time (ns, one-thread p50) measured for ``gate`` when the mixture whose
+    ``mixture.json`` is ``meta`` was made (``latency_by_gate``), else its one stored figure
+    (``latency``: mixtures of older versions stored the main gate's alone); None when the
+    mixture was saved unmeasured."""
+    got = (meta.get("latency_by_gate") or {}).get(gate) or meta.get("latency") or {}
+    return int(got["p50"] * 1e3) if "p50" in got else None
+
+
 @register_policy("cmm")
 class CmmPolicy(Policy):
     config_class = CmmPolicyConfig
@@ -41,16 +51,17 @@ class CmmPolicy(Policy):
 
             raise StaleArtefactError(f"{folder}: mixture distilled on data {key}, not "
                                      f"{ds.cache_key}; run `cmm distill` and `cmm moe` again")
+        stored = stored_latency(quoter.meta, self.config.gate)
         if self.config.latency_ns is not None:
             latency = int(self.config.latency_ns)
-        elif self.config.remeasure or "p50" not in quoter.latency:
+        elif self.config.remeasure or stored is None:
             from cmm.moe.latency import measure_in_subprocess
 
             measured = measure_in_subprocess(folder, ds.windows("validation"),
                                              gate=self.config.gate)
             latency = int(measured["p50"] * 1e3)
         else:
-            latency = int(quoter.latency["p50"] * 1e3)
+            latency = stored
         self.quoter_ = quoter
         self.latency_ns_ = latency
         self.artefact_ = str(folder)

@@ -12,9 +12,11 @@ The run folder ``<root>/<name>/`` holds
   (metrics, per-episode table, decision records, fills);
 - ``manifest.json`` (what the report reads), ``report.md``, ``report.html``, ``figures/``.
 
-Each stage is skipped when its folder is complete for the same inputs and settings (see
+Each stage is skipped when its folder is complete for the same inputs and settings, its files
+match the checksums recorded when it finished, and no stage it reads was redone since (see
 :mod:`cmm.pipeline.stages`); interrupted anywhere, the next run resumes with the stage that
-was running.
+was running. ``--force STAGE`` redoes that stage and, by the same rule, every stage below it
+down to the report.
 """
 
 from __future__ import annotations
@@ -30,7 +32,9 @@ from pathlib import Path
 import numpy as np
 
 from cmm.config import RunConfig
+from cmm.errors import InputError
 from cmm.io import atomic_path, default_cache_dir, write_json
+from cmm.io import file_lock, reading, remove_stale_temporaries
 from cmm.pipeline.policies import PolicySpec, policy_specs
 from cmm.pipeline.stages import Display, StageResult, StageRunner, Timings, jsonable
 
@@ -93,8 +97,12 @@ class Pipeline:
 
     def __init__(self, config: RunConfig, root: str | Path = "runs", *,
                  base_dir: str | Path | None = None, command: str | None = None,
-                 progress: bool = True, force: tuple[str, ...] = ()) -> None:
+                 progress: bool = True, force: tuple[str, ...] = (),
+                 config_file: str | Path | None = None) -> None:
+        from cmm.pipeline.checks import Source
+
         self.config = config
+        self.source = Source.of(config_file)  # where errors about the settings point
         self.run_dir = (Path(root) / config.name).resolve()
         self.base_dir = Path(base_dir) if base_dir else Path.cwd()
         self.command = command or " ".join(["cmm", *sys.argv[1:]])
@@ -104,6 +112,24 @@ class Pipeline:
 
     # -------------------------------------------------------------------------------- run
     def run(self) -> Path:
+        """Every stage, holding the run folder's lock: a second run of the same folder is
+        refused (CmmError naming the folder and the pid), never let in to undo the first.
+        The whole configuration is checked first, before anything is written."""
+        self.check()
+        with run_lock(self.run_dir):
+            remove_stale_temporaries(self.run_dir)  # of a run killed mid-write
+            remove_stale_temporaries(default_cache_dir())  # timings.json
+            return self._run()
+
+    def check(self) -> None:
+        """What can be known wrong before the first stage (see :mod:`cmm.pipeline.checks`)."""
+        import cmm.cli  # noqa: F401 - every stage's CLI registers its policies
+        from cmm.pipeline.checks import check_run
+        from cmm.strategy.policy import available_policies
+
+        check_run(self.config, self.source, self._dataset_arg, available_policies())
+
+    def _run(self) -> Path:
         import cmm.cli  # noqa: F401 - every stage's CLI registers its policies
         from cmm.strategy.policy import available_policies
 
@@ -196,15 +222,24 @@ class Pipeline:
 
         # The data layer caches by the hash of the raw files, the spec and the settings (and
         # writes atomically); this stage records that key in the run folder.
+        d_key = data_key(arg, c.data)  # = ds.cache_key: how later stages name the data
         data = self.runner.run(f"{d_slug}/data", "data", self.run_dir / d_slug / "data",
-                               {"dataset": name, "key": data_key(arg, c.data)}, prepare,
-                               scope=d_slug)
+                               {"dataset": name, "key": d_key}, prepare, scope=d_slug,
+                               provides=(d_key,))
         ds = holder.get("ds") or prepare_dataset(arg, c.data, progress=False)
         if data.info.get("cache_key") != ds.cache_key:
             raise RuntimeError(f"internal: data key {ds.cache_key} differs from the stage's "
                                f"{data.info.get('cache_key')}")
-        plan = make_plan(ds.split_samples(SPLIT), SPLIT, ds.config.grid.dt_ms * 1_000_000,
-                         c.backtest)
+        from cmm.pipeline.checks import check_splits
+
+        check_splits(ds, c, self.source, name, c.datasets.index(name))  # before any model
+        try:
+            plan = make_plan(ds.split_samples(SPLIT), SPLIT, ds.config.grid.dt_ms * 1_000_000,
+                             c.backtest)
+        except InputError as exc:  # e.g. a test split shorter than one episode
+            from cmm.pipeline.checks import located
+
+            raise located(exc, self.source) from None
         vol = episode_volatility(ds, plan)
         volatile = most_volatile(vol, c.robustness.volatile_fraction)
         entry = {"name": name, "slug": d_slug, "dataset": ds.name, "cache_key": ds.cache_key,
@@ -342,9 +377,10 @@ class Pipeline:
             return {"latency": report.get("latency"),
                     "gates": {k: v["gates"] for k, v in report["mixtures"].items()}}
 
+        # "latency": mixtures store every gate's measured latency (older stages: cmm's only)
         moe = self.runner.run(f"{sid}/moe", "moe", base / "moe",
-                              {"distill": dist.key, "moe": jsonable(c.moe)}, mixtures,
-                              scope=d_slug)
+                              {"distill": dist.key, "moe": jsonable(c.moe),
+                               "latency": "per-gate"}, mixtures, scope=d_slug)
         out.update({"features": feats.key, "probe": pr.key, "distill": dist.key,
                     "moe": moe.key, "moe_dir": base / "moe", "gates": moe.info["gates"]})
         return out
@@ -398,7 +434,10 @@ class Pipeline:
             policy, extra = _build_policy(spec, ds, target, c, chain, settings, latency)
             return _replay(policy, target, c, out, spec, extra)
 
-        return self.runner.run(stage_id, "backtest", folder, inputs, work, scope=d_slug)
+        # the teacher's backtest reads its features too, which its key does not name
+        reads = (chain["features"],) if spec.source == "teacher" and "features" in chain else ()
+        return self.runner.run(stage_id, "backtest", folder, inputs, work, scope=d_slug,
+                               after=reads)
 
     # ------------------------------------------------------------------------------ report
     def _report(self) -> None:
@@ -423,6 +462,14 @@ class Pipeline:
 
 
 # ---------------------------------------------------------------------------------- helpers
+
+
+def run_lock(run_dir: str | Path):
+    """The lock a run holds on its folder for its whole life (``<run>/.lock``; released by the
+    OS however the run ends); taking it while another process holds it raises CmmError."""
+    run_dir = Path(run_dir).resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return file_lock(run_dir / ".lock", wait=False, what=f"the run folder {run_dir}")
 
 
 def _slug(name: str) -> str:
@@ -494,29 +541,30 @@ def _build_policy(spec: PolicySpec, ds, target, c: RunConfig, chain: dict, setti
                                     c.teacher.device)
         if latency_ns is None:
             latency_ns = settings.get("latency_ns")
-        if latency_ns is None:
-            latency_ns = json.loads((t_dir / "latency.json").read_text())["charged_ns"]
+        if latency_ns is None:  # measured once, when the teacher was fitted
+            with reading(t_dir / "latency.json"):
+                latency_ns = json.loads((t_dir / "latency.json").read_text())["charged_ns"]
         policy = PrecomputedPolicy({SPLIT: Predictions.from_array(pred)}, int(latency_ns),
                                    name=spec.slug)
         return policy, {}
     # a mixture through the `cmm` policy
     from cmm.moe.latency import measure_in_subprocess
-    from cmm.moe.policy import CmmPolicy  # registers "cmm"
+    from cmm.moe.policy import CmmPolicy, stored_latency  # registers "cmm"
 
     folder = Path(chain["moe_dir"]) / spec.name
-    meta = json.loads((folder / "mixture.json").read_text())
+    with reading(folder / "mixture.json"):
+        meta = json.loads((folder / "mixture.json").read_text())
     gates = list(meta.get("gates", {})) or chain.get("gates", {}).get(spec.name, ["mean"])
     gate = spec.gate if spec.gate in gates else ("hajek" if "hajek" in gates else gates[0])
     if latency_ns is None:
         latency_ns = settings.get("latency_ns")
-    if latency_ns is None:
-        stored = meta.get("latency") or {}
-        if gate == "hajek" and "p50" in stored and spec.name == "cmm":
-            latency_ns = int(stored["p50"] * 1e3)
-        else:
-            measured = measure_in_subprocess(folder, ds.windows("validation"),
-                                             c.moe.latency_repeats, c.moe.latency_warmup, gate)
-            latency_ns = int(measured["p50"] * 1e3)
+    if latency_ns is None:  # measured once, when the mixture stage made it
+        latency_ns = stored_latency(meta, gate)
+    if latency_ns is None:  # pragma: no cover - mixture stages store every gate's
+        log.warning("%s: no stored latency for gate %s; measuring it", folder, gate)
+        measured = measure_in_subprocess(folder, ds.windows("validation"),
+                                         c.moe.latency_repeats, c.moe.latency_warmup, gate)
+        latency_ns = int(measured["p50"] * 1e3)
     policy = CmmPolicy(CmmPolicy.config_class(artefact=str(folder), gate=gate,
                                               latency_ns=int(latency_ns)))
     policy.fit(ds)

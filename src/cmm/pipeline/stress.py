@@ -51,7 +51,7 @@ from cmm.data.events import (
 )
 from cmm.data.grid import build_snapshots
 from cmm.errors import InputError
-from cmm.io import atomic_dir, stable_hash, write_json
+from cmm.io import atomic_dir, folder_checksums, read_parquet, stable_hash, write_json
 
 __all__ = ["episode_volatility", "most_volatile", "crash_schedule", "inject_flash_crashes",
            "build_crash_dataset", "crash_starts"]
@@ -103,9 +103,8 @@ def crash_schedule(cfg: FlashCrashConfig, step_ns: int) -> tuple[np.ndarray, np.
     return t, -drop * frac
 
 
-def crash_starts(plan, episode_s: float, cfg: FlashCrashConfig) -> dict[int, list[int]]:
-    """Per session, the crash start time of each of its episodes. Raises when the crash does not
-    fit inside an episode."""
+def check_crash_fits(episode_s: float, cfg: FlashCrashConfig) -> None:
+    """Raise when the crash does not fit inside an episode."""
     length = cfg.fall_s + cfg.hold_s + cfg.recover_s
     if cfg.start_fraction * episode_s + length >= episode_s:
         raise InputError("the flash crash does not fit inside an episode",
@@ -113,6 +112,12 @@ def crash_starts(plan, episode_s: float, cfg: FlashCrashConfig) -> dict[int, lis
                          expected=f"start_fraction * episode_s + fall_s + hold_s + recover_s < "
                                   f"episode_s = {episode_s:g} s",
                          got=f"{cfg.start_fraction * episode_s + length:g} s")
+
+
+def crash_starts(plan, episode_s: float, cfg: FlashCrashConfig) -> dict[int, list[int]]:
+    """Per session, the crash start time of each of its episodes. Raises when the crash does not
+    fit inside an episode."""
+    check_crash_fits(episode_s, cfg)
     out: dict[int, list[int]] = {}
     for e in range(plan.n_episodes):
         t0 = int(plan.episode_start_ns[e] + round(cfg.start_fraction * episode_s * 1e9))
@@ -229,7 +234,7 @@ def build_crash_dataset(ds, plan, episode_s: float, cfg: FlashCrashConfig,
     inst = ds.spec.instrument
     H = ds.config.features.horizon
     steps, samples = ds.steps, ds.samples
-    feats = pl.read_parquet(ds.folder / "features.parquet")
+    feats = read_parquet(ds.artefact("features.parquet"))
     crashes: list[dict] = []
     new_events: dict[int, np.ndarray] = {}
     for sid, t0s in starts.items():
@@ -291,10 +296,11 @@ def build_crash_dataset(ds, plan, episode_s: float, cfg: FlashCrashConfig,
             if s.id in new_events:
                 np.savez(tmp / f"events_{s.id}.npz", data=new_events[s.id])
             else:
-                shutil.copyfile(ds.folder / f"events_{s.id}.npz", tmp / f"events_{s.id}.npz")
+                shutil.copyfile(ds.artefact(f"events_{s.id}.npz"), tmp / f"events_{s.id}.npz")
         steps.write_parquet(tmp / "steps.parquet")
         feats.write_parquet(tmp / "features.parquet")
         samples.write_parquet(tmp / "samples.parquet")
+        meta["checksums"] = folder_checksums(tmp, exclude=("meta.json",))
         write_json(tmp / "meta.json", meta)
     return PreparedDataset(out_dir)
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from cmm.io import atomic_path, write_json
+from cmm.io import atomic_path, read_parquet, reading, write_json
 from cmm.report import figures as FIG
 from cmm.report.tables import TASKS, build_tables, missing_cells
 
@@ -74,8 +74,8 @@ def _doc(run_dir: Path, manifest: dict, tables: dict, fig_dir: Path) -> list[Blo
                         "are computed per seed, then mean ± std over seeds; latency is the "
                         "decision time each policy was charged in the replay (its orders reach "
                         "the exchange that much later). PnL in the quote currency, fees and the "
-                        "closing trade included. The oracle sees the true future: a bound, not "
-                        "a competitor."))
+                        "closing trade included. The oracle (perfect-forecast ladder) quotes "
+                        "the true future through the ladder: a check, not a competitor."))
     for s in manifest.get("skipped", []):
         B.append(Block("p", f"Left out: **{s['policy']}**, {s['reason']}."))
     B.append(Block("h2", "Datasets"))
@@ -113,7 +113,7 @@ def _doc(run_dir: Path, manifest: dict, tables: dict, fig_dir: Path) -> list[Blo
 
 def epnl_ranks(tables: dict, slugs: list[str]) -> dict[str, list[int]]:
     """Per market, each policy's rank by mean test EPnL (1 = best) among ``slugs`` present
-    there; the oracle is a bound, not a competitor, so it takes no rank."""
+    there; the oracle is a check of the ladder, not a competitor, so it takes no rank."""
     ranks: dict[str, list[int]] = {s: [] for s in slugs}
     for t in tables.values():
         main = {r["slug"]: (r.get("EPnL") or {}).get("mean") for r in t["main"]
@@ -162,7 +162,7 @@ def _overview_blocks(run_dir: Path, manifest: dict, tables: dict) -> list[Block]
     B = [Block("h2", "Overview across markets"),
          Block("table", f"test EPnL per market (quote currency per episode, mean ± std over "
                         f"episodes and seeds) and the mean rank by EPnL over the markets (1 = "
-                        f"best of {n_rank}; the oracle is a bound and takes no rank)",
+                        f"best of {n_rank}; the oracle is a check and takes no rank)",
                headers + ["mean rank"], rows)]
 
     pair_rows = []
@@ -370,7 +370,7 @@ def _figure_blocks(run_dir: Path, manifest: dict, d: dict, t: dict, fig_dir: Pat
     for p in manifest["policies"]:
         folder = base / "backtest" / p["slug"]
         if p["slug"] in want and (folder / "stage.json").is_file():
-            curves[p["label"]] = (pl.read_parquet(folder / "records.parquet"),
+            curves[p["label"]] = (read_parquet(folder / "records.parquet"),
                                   pl.read_csv(folder / "episodes.csv"))
     if curves:
         B.append(Block("img", "Equity and inventory over the test episodes", path=
@@ -386,8 +386,8 @@ def _figure_blocks(run_dir: Path, manifest: dict, d: dict, t: dict, fig_dir: Pat
     cmm = base / "backtest" / "cmm"
     if (cmm / "stage.json").is_file():
         B.append(Block("img", f"CMM quotes over the mid, test episode {sample}", path=
-                       FIG.quotes_over_mid(pl.read_parquet(cmm / "records.parquet"),
-                                           pl.read_parquet(cmm / "fills.parquet"), sample,
+                       FIG.quotes_over_mid(read_parquet(cmm / "records.parquet"),
+                                           read_parquet(cmm / "fills.parquet"), sample,
                                            fig_dir / f"{slug}-quotes.png",
                                            f"{d['dataset']}: CMM quotes, test episode {sample} "
                                            f"(the most volatile)" if rep.get(
@@ -400,8 +400,8 @@ def _figure_blocks(run_dir: Path, manifest: dict, d: dict, t: dict, fig_dir: Pat
             d["crash"]["crashes"][0]
         ep = sample if sample < len(d["crash"]["crashes"]) else 0
         B.append(Block("img", "CMM through a flash crash", path=FIG.quotes_over_mid(
-            pl.read_parquet(crash_cmm / "records.parquet"),
-            pl.read_parquet(crash_cmm / "fills.parquet"), ep, fig_dir / f"{slug}-crash.png",
+            read_parquet(crash_cmm / "records.parquet"),
+            read_parquet(crash_cmm / "fills.parquet"), ep, fig_dir / f"{slug}-crash.png",
             f"{d['dataset']}: CMM quotes through a synthetic flash crash (shaded), episode {ep}",
             rep["dpi"], shade=(c["start_ns"], c["end_ns"]))))
     if (cmm / "weights.npz").is_file():
@@ -484,7 +484,8 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None) -> dict
     ``run_dir`` (from its ``manifest.json``) to ``out_dir`` (default ``<run>/report``)."""
     run_dir = Path(run_dir)
     out_dir = Path(out_dir) if out_dir is not None else run_dir / "report"
-    manifest = json.loads((run_dir / "manifest.json").read_text())
+    with reading(run_dir / "manifest.json"):
+        manifest = json.loads((run_dir / "manifest.json").read_text())
     tables = build_tables(run_dir, manifest)
     fig_dir = out_dir / "figures"
     fig_dir.mkdir(parents=True, exist_ok=True)

@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from cmm.io import reading
+
 TASKS = ("mid", "spread", "volume")
 
 
@@ -85,11 +87,17 @@ class PolicyResult:
         return out
 
 
+def _json(path: Path) -> dict:
+    with reading(path):  # a truncated file: one line naming it
+        return json.loads(path.read_text())
+
+
 def _read_backtest(folder: Path) -> tuple[pl.DataFrame, dict] | None:
     if not (folder / "stage.json").is_file():
         return None
-    meta = json.loads((folder / "metrics.json").read_text())
-    return pl.read_csv(folder / "episodes.csv"), meta
+    meta = _json(folder / "metrics.json")
+    with reading(folder / "episodes.csv"):
+        return pl.read_csv(folder / "episodes.csv"), meta
 
 
 def load_results(run_dir: Path, manifest: dict, dataset: dict, scenario: str = "backtest"
@@ -122,7 +130,7 @@ def prediction_metrics(run_dir: Path, manifest: dict, dataset: dict) -> dict[str
                            ("control: ", base / "control" / "moe" / "evaluation.json")):
             if not ev.is_file():
                 continue
-            for r in json.loads(ev.read_text())["rows"]:
+            for r in _json(ev)["rows"]:
                 if r["split"] != "test" or r["model"] == "teacher":  # the teacher's own below
                     continue
                 if prefix and r["variant"] == "reference":
@@ -137,7 +145,7 @@ def prediction_metrics(run_dir: Path, manifest: dict, dataset: dict) -> dict[str
                              ("teacher-random", base / "control" / "teacher")):
             path = folder / "metrics.json"
             if path.is_file():
-                test = json.loads(path.read_text())["models"]["teacher"]["test"]
+                test = _json(path)["models"]["teacher"]["test"]
                 for t in TASKS:
                     rows.setdefault(name, {}).setdefault(f"r2_{t}", []).append(
                         test[t].get("r2"))
@@ -170,7 +178,7 @@ def build_tables(run_dir: Path, manifest: dict) -> dict:
         for seed in manifest["seeds"]:
             ev = run_dir / d["slug"] / f"seed{seed}" / "moe" / "evaluation.json"
             if ev.is_file():
-                gates = {k: v["gates"] for k, v in json.loads(ev.read_text())["mixtures"].items()}
+                gates = {k: v["gates"] for k, v in _json(ev)["mixtures"].items()}
                 break
         volatile = d["episodes"]["volatile"]
         tables: dict = {}

@@ -145,7 +145,7 @@ def save_agent(folder: str | Path, algo: str, policy, actions: ActionMap, config
 
 def load_agent(folder: str | Path) -> Agent:
     """Rebuild a saved agent (see the module docstring)."""
-    from safetensors.torch import load_file
+    from cmm.io import load_safetensors
 
     folder = Path(folder)
     path = folder / "agent.json"
@@ -161,7 +161,7 @@ def load_agent(folder: str | Path) -> Agent:
     obs_space, act_space = _spaces(int(meta["obs_dim"]), actions, config.env.obs_clip)
     policy = _policy_class(meta["algo"])(obs_space, act_space, lambda _: 0.0,
                                          **_policy_kwargs(config))
-    policy.load_state_dict(load_file(str(folder / "policy.safetensors")))
+    policy.load_state_dict(load_safetensors(folder / "policy.safetensors", "pt"))
     policy.set_training_mode(False)
     return Agent(meta["algo"], policy, actions, config, meta)
 

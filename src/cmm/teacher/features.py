@@ -19,7 +19,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from cmm.errors import InputError
-from cmm.io import atomic_path, sha256_file, write_json
+from cmm.io import atomic_path, reading, sha256_file, write_json
 from cmm.teacher.data import SPLITS, TeacherDataset
 from cmm.teacher.fit import ProgressFn, _noop, predict_windows
 from cmm.teacher.model import TeacherModel
@@ -95,7 +95,7 @@ def load_features(teacher_dir: str | Path, split: str, dataset: TeacherDataset |
         raise InputError("unknown split", field="split", expected=", ".join(SPLITS), got=split)
     if not path.is_file():
         raise InputError("no teacher features here; run `cmm teacher features` first", file=path)
-    with safe_open(str(path), framework="pt") as f:
+    with reading(path), safe_open(str(path), framework="pt") as f:
         meta = dict(f.metadata() or {})
         arrays = {k: f.get_tensor(k).numpy() for k in f.keys()}  # noqa: SIM118
     if meta.get("schema_version") != str(SCHEMA_VERSION):

@@ -19,11 +19,11 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from cmm.config import TeacherConfig
 from cmm.errors import InputError, StaleArtefactError  # noqa: F401 (re-exported)
-from cmm.io import atomic_path, write_json
+from cmm.io import atomic_path, load_safetensors, write_json
 from cmm.teacher.backbone import load_backbone
 from cmm.teacher.model import TeacherModel, build_teacher
 
@@ -82,7 +82,7 @@ def load_teacher(folder: str | Path, dataset=None, device: str = "cpu") -> Teach
     data = meta["data"]
     model = build_teacher(backbone, data["window"], data["n_features"], config,
                           meta["target_mean"], meta["target_std"])
-    state = load_file(str(folder / WEIGHTS_FILE))
+    state = load_safetensors(folder / WEIGHTS_FILE, "pt")
     missing = [k for k in model.trainable_state() if k not in state]
     if missing:
         raise StaleArtefactError(f"{folder / WEIGHTS_FILE}: missing fitted tensors {missing[:3]}; "
