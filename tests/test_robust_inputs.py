@@ -199,3 +199,44 @@ def test_replay_refuses_a_price_past_its_ticks(tmp_path, head):
                                              "order book cannot hold this value"):
             E.build_backtest(bad, inst, BacktestConfig(), 0)
         assert time.perf_counter() - t < 1
+
+
+def test_a_folder_given_as_a_data_file_is_named_as_a_folder(tmp_path):
+    folder = tmp_path / "capture.gz"
+    folder.mkdir()
+    line = prepare_fails(tmp_path, spec_for(tmp_path, folder))
+    assert str(folder) in line and "a folder where a data file is expected" in line
+
+
+def test_editing_the_lobster_order_book_sibling_prepares_afresh(tmp_path, data_dir):
+    """The order-book file beside a LOBSTER message file is read too, so it is in the key: an
+    edited book gives a new key and new artefacts, never the old ones."""
+    import shutil
+
+    from cmm.data.prepare import dataset_key, prepare_dataset
+    from cmm.data.spec import load_dataset_spec
+
+    stem = "AAPL_2012-06-21_34200000_57600000_{}_10.csv"
+    for kind in ("message", "orderbook"):
+        shutil.copy(data_dir / "lobster" / stem.format(kind), tmp_path / stem.format(kind))
+    spec_path = tmp_path / "aapl.yaml"
+    spec_path.write_text(f"name: aapl\nformat: lobster\nfiles: [{stem.format('message')}]\n"
+                         "instrument: {tick_size: 0.01, lot_size: 1.0}\n"
+                         "grid: {dt_ms: 100, levels: 10}\n")
+    cache = tmp_path / "cache"
+    spec = load_dataset_spec(spec_path)
+    before = prepare_dataset(spec, cache_dir=cache, progress=False)
+    book = tmp_path / stem.format("orderbook")
+    rows = book.read_text().splitlines()
+    # every bid size of the first level x 10 (column 4: bid size 1)
+    edited = []
+    for r in rows:
+        cells = r.split(",")
+        cells[3] = str(int(cells[3]) * 10)
+        edited.append(",".join(cells))
+    book.write_text("\n".join(edited) + "\n")
+    key_after, _ = dataset_key(spec, before.config)
+    assert key_after != before.cache_key
+    after = prepare_dataset(spec, cache_dir=cache, progress=False)
+    assert after.cache_key == key_after
+    assert after.steps["bid_sz_0"].mean() > 5 * before.steps["bid_sz_0"].mean()
