@@ -190,9 +190,11 @@ def intraday_line(ds, intra: tuple | None = None) -> str:
     if sp:
         parts.append(f"spread widest {sp['start']}-{sp['end']} ({sp['spread_ticks']:.3g} ticks vs "
                      f"median {sp['median']:.3g})")
-    if vo:
+    if vo and vo["volume"] > 0:
         parts.append(f"volume highest {vo['start']}-{vo['end']} ({_qty(vo['volume'])} vs "
                      f"median {_qty(vo['median'])})")
+    elif vo:
+        parts.append("no traded volume (the capture holds no trades)")
     return f"intraday ({bm}-min bins, {tz}): " + (", ".join(parts) or "no valid steps")
 
 
