@@ -78,3 +78,12 @@ def test_yardstick_policies_quote_through_the_ladder(prepared):
         result = run_backtest(ds, pol, "test", config=cfg)
         assert len(result.orders) > 0
         assert pol.describe()["name"] == name
+
+
+def test_summary_features_of_a_few_windows_match_the_cumulative_path():
+    rng = np.random.default_rng(3)
+    feats = rng.standard_normal((5000, 4)).astype(np.float32)
+    w = Windows(feats, np.arange(0, 4900, 7), 64)
+    every = summary_features(w)  # many windows: cumulative sums over the array
+    few = summary_features(w.take([0, 100, 699]))  # a live decision: windows cut out
+    np.testing.assert_allclose(few, every[[0, 100, 699]], rtol=1e-5, atol=1e-5)

@@ -30,6 +30,11 @@ def summary_features(windows: Windows, spans: tuple[int, ...] = YardstickConfig(
     """(N, (1 + len(spans)) F) float32: the last step's features, then their mean over the last
     ``k`` steps for each ``k`` in ``spans`` (``min(k, W)``)."""
     feats, W = windows.features, windows.window
+    if len(windows) * W < len(feats):
+        # few windows (one live decision): cut them out instead of summing the whole array
+        x = np.asarray(windows[:], np.float64)
+        parts = [x[:, -1, :]] + [x[:, W - min(int(k), W):, :].mean(axis=1) for k in spans]
+        return np.concatenate(parts, axis=1).astype(np.float32)
     end = windows.starts + W  # one past each window's last row
     csum = np.zeros((len(feats) + 1, feats.shape[1]), np.float64)
     np.cumsum(feats, axis=0, dtype=np.float64, out=csum[1:])
