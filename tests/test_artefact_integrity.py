@@ -371,7 +371,7 @@ def test_corrupt_mixture_redoes_its_stage_and_everything_below(run_copy, tiny_co
 
 def test_truncated_backtest_parquet_redoes_it_and_what_reads_it(run_copy, tiny_config,
                                                                tiny_run):
-    seed = "tiny-btcusdt/seed0"
+    seed = "tiny-btcusdt/seed-independent"  # the fixed spread does not use the seed
     records = run_copy / seed / "backtest" / "fixed" / "records.parquet"
     _truncate(records)
     report = _report_stamp(run_copy)
@@ -382,7 +382,7 @@ def test_truncated_backtest_parquet_redoes_it_and_what_reads_it(run_copy, tiny_c
 
 
 def test_force_redoes_the_stages_below_and_the_report(run_copy, tiny_config):
-    seed = "tiny-btcusdt/seed0"
+    seed = "tiny-btcusdt/seed-independent"
     report = _report_stamp(run_copy)
     _run(tiny_config, run_copy.parent, force=("*/backtest/fixed",))
     assert _redone(run_copy, report) == {f"{seed}/backtest/fixed", f"{seed}/crash/fixed",

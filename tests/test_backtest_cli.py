@@ -43,7 +43,8 @@ def test_bad_config_points_at_the_line(tmp_path):
 @pytest.mark.slow
 def test_backtest_writes_table_json_and_pictures(tmp_path, data_dir):
     out = tmp_path / "bt"
-    r = cmm("backtest", "--dataset", "binance-usdm-btcusdt", "--policy", "oracle", "--out", str(out))
+    r = cmm("backtest", "--dataset", "binance-usdm-btcusdt", "--policy", "oracle", "--out", str(out),
+            "--episode-s", "60")  # the capture's test split is 4 minutes; the default is 5
     assert r.returncode == 0, r.stderr
     for label in ("EPnL", "MAP", "PnLMAP", "RPT", "Sharpe", "fills", "fees", "oracle"):
         assert label in r.stdout

@@ -37,12 +37,13 @@ TINY_RUN = {
     "moe": {"epochs": 5, "kernel_hidden": 4, "latency_repeats": 1000, "latency_warmup": 10},
     "ladder": {"min_side_notional": 500},
     "backtest": {"episode_s": 10},
-    "policy_settings": {"teacher": {"latency_ns": 50_000_000}, "cmm": {"latency_ns": 200_000}},
+    "policy_settings": {"teacher": {"latency_ns": 50_000_000}, "cmm": {"latency_ns": 200_000},
+                        "ridge": {"latency_ns": 100_000}, "lgbm": {"latency_ns": 100_000}},
     "robustness": {"flash_crash": {"fall_s": 1.5, "hold_s": 1, "recover_s": 3,
                                    "start_fraction": 0.2}},
 }
 
-MAIN = ["teacher", "cmm", "kd", "truth", "fixed", "as", "oracle"]
+MAIN = ["teacher", "cmm", "kd", "truth", "fixed", "as", "ridge", "lgbm", "oracle"]
 
 
 @pytest.fixture(scope="module")
@@ -155,7 +156,9 @@ def test_stage_folders_describe_themselves(tiny_run):
     assert features["inputs"]["teacher"] == teacher["key"]
     config = yaml.safe_load((tiny_run / "config.yaml").read_text())
     assert config["teacher"]["patience"] == 3  # defaults written out
-    assert (seed / "crash" / "fixed" / "episodes.csv").is_file()
+    shared = tiny_run / "tiny-btcusdt" / "seed-independent"  # fixed does not use the seed
+    assert (shared / "crash" / "fixed" / "episodes.csv").is_file()
+    assert not (seed / "crash" / "fixed").exists()
 
 
 def test_second_run_skips_every_stage(tiny_run, tiny_config):

@@ -90,7 +90,12 @@ def test_policy_list_follows_the_config():
     slugs = [s.slug for s in specs]
     assert len(slugs) == len(set(slugs))
     assert tables["main"] == ["teacher", "cmm", "kd", "fitnets", "multitask", "truth", "fixed",
-                              "as", "ppo", "oracle"]
+                              "as", "ridge", "lgbm", "ppo", "oracle"]
+    seeded = {s.slug: s.seeded for s in specs}
+    assert not any(seeded[k] for k in ("fixed", "as", "ridge", "lgbm", "oracle"))
+    assert seeded["ppo"] and seeded["teacher"] and seeded["cmm"]
+    assert tables["latency_price"] == ["teacher-zero-latency", "teacher", "cmm",
+                                       "cmm-teacher-latency"]
     assert tables["ablations"] == ["cmm", "no_layer", "no_task", "no_data"]
     assert tables["gates"] == ["cmm", "cmm-mean", "cmm-router", "cmm-regime"]
     assert tables["backbone"] == ["teacher", "teacher-random"]

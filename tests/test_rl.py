@@ -28,12 +28,14 @@ from cmm.rl.market import Market, SessionBook, market_from_dataset, window_summa
 
 DATASET = "binance-usdm-btcusdt"
 MS = 1_000_000
+# The capture's splits are 1-8 minutes a session: 60 s episodes (the default is 5 minutes).
+BT = BacktestConfig(episode_s=60.0)
 
 
 def tiny_config(algo: str, seed: int = 0, **kw) -> RLConfig:
     return RLConfig(algo=algo, total_timesteps=256, eval_every=10**9, eval_episodes=1, seed=seed,
                     max_train_seconds=0, latency_repeats=5, latency_warmup=1,
-                    net_arch=(16, 16),
+                    net_arch=(16, 16), backtest=BT,
                     ppo=PPOConfig(n_envs=2, n_steps=64, batch_size=64, n_epochs=1, **kw),
                     dqn=DQNConfig(learning_starts=64, buffer_size=1_000, batch_size=32,
                                   target_update_interval=64))
@@ -66,8 +68,8 @@ def test_plan_mode_plays_the_backtests_episodes(ds):
 
     market = market_from_dataset(ds, "validation")
     actions = ActionMap.from_config(RLEnvConfig(), "flat", 0.1, market.volume_log1p_ref)
-    env = MarketMakingEnv(market, actions, mode="plan")
-    plan = make_plan(ds.split_samples("validation"), "validation", 100 * MS, BacktestConfig())
+    env = MarketMakingEnv(market, actions, backtest=BT, mode="plan")
+    plan = make_plan(ds.split_samples("validation"), "validation", 100 * MS, BT)
     assert len(env.episodes) == plan.n_episodes
     for e, ep in enumerate(env.episodes):
         np.testing.assert_array_equal(ep.rows, plan.rows[plan.episode == e])
@@ -232,7 +234,7 @@ def test_artefact_is_safetensors_and_json_and_acts_like_sb3(ds, tiny_agents, alg
 
     res, agent = tiny_agents[algo]
     files = sorted(p.name for p in res.folder.iterdir())
-    assert files == ["agent.json", "policy.safetensors"]
+    assert files == ["agent.json", "policy.safetensors", "sim_gap.json"]
     meta = json.loads((res.folder / "agent.json").read_text())
     assert meta["schema_version"] == 1 and meta["algo"] == algo
     assert meta["data"]["cache_key"] == ds.cache_key
@@ -291,7 +293,7 @@ def test_closed_loop_policy_acts_on_the_inventory_the_replay_saw(ds, tiny_agents
     pol = get_policy("dqn", {"artefact": str(res.folder)}).fit(ds)
     assert pol.name == "dqn" and pol.latency_ns == round(agent.meta["latency"]["p50_us"] * 1e3)
     samples = ds.split_samples("test")
-    full = make_plan(samples, "test", 100 * MS, BacktestConfig())
+    full = make_plan(samples, "test", 100 * MS, BT)
     m = full.episode == 0
     plan = DecisionPlan("test", full.n_rows, full.rows[m], full.ts_ns[m], full.session[m],
                         full.episode[m], full.episode_session[:1], full.episode_start_ns[:1],
@@ -325,7 +327,7 @@ def test_open_loop_policy_sees_a_flat_inventory(ds, tiny_agents):
     res, _ = tiny_agents["ppo"]
     pol = get_policy("ppo", {"artefact": str(res.folder), "closed_loop": False,
                              "latency_ns": 123}).fit(ds)
-    plan = make_plan(ds.split_samples("validation"), "validation", 100 * MS, BacktestConfig())
+    plan = make_plan(ds.split_samples("validation"), "validation", 100 * MS, BT)
     out = pol.act(ds, "validation", plan)
     assert pol.latency_ns == 123
     assert np.isfinite(out.spread_ticks[plan.rows]).all()
@@ -337,7 +339,7 @@ def test_unfitted_policy_is_explained(ds):
     from cmm.backtest.runner import make_plan
     from cmm.strategy.policy import get_policy
 
-    plan = make_plan(ds.split_samples("test"), "test", 100 * MS, BacktestConfig())
+    plan = make_plan(ds.split_samples("test"), "test", 100 * MS, BT)
     with pytest.raises(InputError, match="not fitted"):
         get_policy("rl").act(ds, "test", plan)
 
@@ -370,9 +372,9 @@ def test_environment_fills_track_the_replay(ds):
 
     market = market_from_dataset(ds, "test")
     actions = ActionMap.from_config(RLEnvConfig(), "flat", 0.1, market.volume_log1p_ref)
-    env = MarketMakingEnv(market, actions, mode="plan")
+    env = MarketMakingEnv(market, actions, backtest=BT, mode="plan")
     fixed_action = np.ravel_multi_index((0, 2, 1), actions.grid_shape)  # h=1, c=0, m=1
     sim = evaluate_in_env(env, lambda o: np.array([fixed_action]))
-    real = summarize(run_backtest(ds, get_policy("fixed").fit(ds), "test"))
+    real = summarize(run_backtest(ds, get_policy("fixed").fit(ds), "test", config=BT))
     assert abs(sim["fills"] - real["fills"]) <= 0.25 * real["fills"]
     assert abs(sim["EPnL"] - real["EPnL"]) <= 0.3 * abs(real["EPnL"])

@@ -17,6 +17,7 @@ from pydantic import (
     PositiveFloat,
     PositiveInt,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -48,11 +49,65 @@ class Sizing(FrozenModel):
 
 
 MAX_FEE = 0.01  # |maker_fee|, |taker_fee|: at most 1 % of the traded value
+# A per-unit fee (basis "quantity": currency per share or contract) is bounded here loosely
+# (ES pays ~$1 a contract, NASDAQ $0.003 a share); the replay checks it against 1 % of one
+# unit's value at the session's price, as a value fee is (cmm.backtest.runner).
+MAX_FEE_PER_UNIT = 100.0
+
+
+def _check_fee(fee: float, basis: str) -> float:
+    if basis == "quantity":
+        if not abs(fee) <= MAX_FEE_PER_UNIT:
+            raise PydanticCustomError(
+                "fee_range", "a per-unit fee is currency per share or contract: expected "
+                "-{limit} <= fee <= {limit} (0.003 is NASDAQ's $0.0030 a share)",
+                {"limit": MAX_FEE_PER_UNIT})
+        return fee
+    # |fee| <= 1 %: venues charge (or rebate) hundredths of a percent; 5 would be 500 %
+    if not abs(fee) <= MAX_FEE:
+        raise PydanticCustomError(
+            "fee_range", "a fee is a fraction of the traded value: expected -{limit} <= fee "
+            "<= {limit} (1 %; 0.0002 is 2 bp)", {"limit": MAX_FEE})
+    return fee
+
+
+class FeeTier(FrozenModel):
+    """One named fee schedule of a venue. ``basis`` ``value``: fees are fractions of the traded
+    value (0.0002 = 2 bp; for inverse contracts of the coin value); ``quantity``: currency per
+    unit traded (a share, a contract), e.g. NASDAQ's $0.0030 a share to remove liquidity is
+    ``taker_fee: 0.003``. Negative = rebate. ``source``: where the figures come from."""
+
+    basis: Literal["value", "quantity"] = "value"
+    maker_fee: float  # each maker fill
+    taker_fee: float  # the episode's closing trade
+    source: str = Field(min_length=1)
+
+    @field_validator("maker_fee", "taker_fee")
+    @classmethod
+    def _fee_range(cls, fee: float, info: ValidationInfo) -> float:
+        return _check_fee(fee, info.data.get("basis", "value"))
+
+    def fee(self, price: float, qty: float, maker: bool, contract_size: float = 1.0,
+            inverse: bool = False) -> float:
+        """The fee of trading ``qty`` (> 0) at ``price``: value basis on the settlement value
+        (``contract_size * qty * price``, or ``contract_size * qty / price`` inverse)."""
+        rate = self.maker_fee if maker else self.taker_fee
+        if self.basis == "quantity":
+            return rate * qty
+        return rate * (contract_size * qty / price if inverse else contract_size * qty * price)
 
 
 class Instrument(FrozenModel):
     """Contract terms. ``inverse``: size in contracts of ``contract_size`` quote units, PnL in the
-    base coin (e.g. BTCUSD coin-margined perpetuals); otherwise linear (PnL in quote currency)."""
+    base coin (e.g. BTCUSD coin-margined perpetuals); otherwise linear (PnL in quote currency).
+
+    Fees: ``fee_tiers`` names the venue's schedules (:class:`FeeTier`, each with its source);
+    ``BacktestConfig.fee_tier`` picks the one a replay charges, :meth:`fees` returns it. The
+    tier ``base`` always exists: ``fee_tiers["base"]`` where given, else ``maker_fee`` /
+    ``taker_fee`` as fractions of value. A ``base`` tier of value basis must agree with
+    ``maker_fee`` / ``taker_fee`` where those are given; one of quantity basis (a per-share or
+    per-contract schedule) overrides them in the replay, and they are left to code that reads
+    them directly (the RL simulator; the registry gives a value-basis approximation there)."""
 
     tick_size: PositiveFloat
     lot_size: PositiveFloat
@@ -61,16 +116,36 @@ class Instrument(FrozenModel):
     maker_fee: float = 0.0  # fraction of traded value; negative = rebate
     taker_fee: float = 0.0
     sizing: Sizing = Sizing()
+    fee_tiers: dict[str, FeeTier] = Field(default_factory=dict)
 
     @field_validator("maker_fee", "taker_fee")
     @classmethod
     def _fee_fraction(cls, fee: float) -> float:
-        # |fee| <= 1 %: venues charge (or rebate) hundredths of a percent; 5 would be 500 %
-        if not abs(fee) <= MAX_FEE:
-            raise PydanticCustomError(
-                "fee_range", "a fee is a fraction of the traded value: expected -{limit} <= fee "
-                "<= {limit} (1 %; 0.0002 is 2 bp)", {"limit": MAX_FEE})
-        return fee
+        return _check_fee(fee, "value")
+
+    @model_validator(mode="after")
+    def _base_tier_agrees(self) -> Instrument:
+        base = self.fee_tiers.get("base")
+        if base is not None and base.basis == "value":
+            for k in ("maker_fee", "taker_fee"):
+                if k in self.model_fields_set and getattr(self, k) != getattr(base, k):
+                    raise ValueError(f"{k} {getattr(self, k)} differs from fee_tiers.base."
+                                     f"{k} {getattr(base, k)} (give one, or the same)")
+        return self
+
+    @property
+    def tier_names(self) -> list[str]:
+        return ["base", *sorted(k for k in self.fee_tiers if k != "base")]
+
+    def fees(self, tier: str = "base") -> FeeTier:
+        """The fee tier named ``tier``; unknown names raise :class:`InputError` listing them."""
+        if tier in self.fee_tiers:
+            return self.fee_tiers[tier]
+        if tier == "base":
+            return FeeTier(basis="value", maker_fee=self.maker_fee, taker_fee=self.taker_fee,
+                           source="the instrument's maker_fee / taker_fee")
+        raise InputError("unknown fee tier for this instrument", field="backtest.fee_tier",
+                         expected=f"one of {', '.join(self.tier_names)}", got=tier)
 
 
 class GridConfig(FrozenModel):
@@ -396,7 +471,12 @@ class BacktestConfig(FrozenModel):
     # no_partial_fill by default: hftbacktest 2.4.4's partial-fill exchange can stop a replay with
     # InvalidOrderStatus (nkaz001/hftbacktest#312). Ours books partial fills itself (#299).
     exchange: Literal["partial_fill", "no_partial_fill"] = "no_partial_fill"
-    episode_s: float = Field(60.0, gt=0.0)  # test split cut into equal episodes
+    episode_s: float = Field(300.0, gt=0.0)  # test split cut into equal episodes (5 min)
+    # The instrument's fee tier the replay charges (Instrument.fee_tiers; "base" always exists).
+    fee_tier: str = Field("base", min_length=1)
+    # The episode close walks the visible book at most this many ticks from the touch; what it
+    # cannot absorb there closes one tick beyond the deepest level walked (cmm.backtest.engine).
+    close_walk_ticks: PositiveInt = 10_000
     decision_every: PositiveInt = 1  # act at every n-th decision point (sample) of the split
     # A policy still computing (its latency since the last decision) skips decision points,
     # as one model instance inferring sequentially would.
@@ -718,12 +798,20 @@ class ControlsConfig(FrozenModel):
 
 
 class ReportConfig(FrozenModel):
-    """What the report shows. ``curve_policies`` None: the main table's policies."""
+    """What the report shows. ``curve_policies`` None: the main table's policies.
+
+    ``bootstrap_block``: episodes per block of the paired bootstrap behind every comparison
+    (:func:`cmm.backtest.stats.paired_difference`, seeds as strata). 1 (default) resamples
+    single episodes: each starts flat and closes its position at its end, so no PnL carries
+    from one episode into the next; a larger block keeps runs of neighbouring episodes
+    together (wider, more honest intervals where volatility clusters over several episodes,
+    e.g. 5-minute episodes of one trading day). Clipped to the episodes of a seed."""
 
     title: str = "Cooperative Market Making: results"
     curve_policies: tuple[str, ...] | None = None
     sample_episode: Literal["most_volatile", "first"] = "most_volatile"
     dpi: PositiveInt = 90
+    bootstrap_block: PositiveInt = 1
 
 
 class RunConfig(FrozenModel):
@@ -732,7 +820,9 @@ class RunConfig(FrozenModel):
     ``datasets``: registered names or dataset YAML paths (relative to the config file).
     ``seeds``: each seeds the teacher, the probe, the students, the gates and every learned
     policy; results are reported as mean ± std over seeds and episodes. ``baselines``: rule-based
-    policies from the registry (``policy_settings`` gives their settings by name); ``rl``: RL
+    policies and yardsticks from the registry (``policy_settings`` gives their settings by
+    name); those whose fit does not use the seed (fixed, as, oracle, ridge, lgbm) are
+    backtested once per dataset and paired with every seed's learned policies; ``rl``: RL
     policies, reported when registered (skipped with a note otherwise)."""
 
     name: str = Field("demo", pattern=r"^[A-Za-z0-9_.-]+$")
@@ -745,7 +835,7 @@ class RunConfig(FrozenModel):
     moe: MoEConfig = MoEConfig()
     ladder: LadderConfig = LadderConfig()
     backtest: BacktestConfig = BacktestConfig()
-    baselines: tuple[str, ...] = ("fixed", "as", "oracle")
+    baselines: tuple[str, ...] = ("fixed", "as", "oracle", "ridge", "lgbm")
     rl: tuple[Literal["ppo", "dqn"], ...] = ()
     # RLConfig fields for training each RL policy (its algo, seed, ladder and backtest settings
     # are the run's)

@@ -13,16 +13,31 @@ For one session's events and a schedule of decisions grouped into episodes, the 
    orders. hftbacktest delivers each request (new or cancel) to the exchange after the constant
    entry latency, which the runner sets to venue latency + the policy's own latency;
 3. at each episode's end, cancels everything, waits until no order is live (so every fill of the
-   episode is known), then closes the episode's position *by computation*: at the touch on the
-   side that closes it (best bid for a long, best ask for a short) from the local book at that
-   moment, paying the taker fee on that value. The simulator is never sent the closing order;
-   the next episode starts flat because its position, cash and fees are counted from that
-   moment on (the simulator's position is an accounting offset, which hftbacktest does not
-   constrain). Decision points that fall inside the close are recorded, not acted on.
+   episode is known), then closes the episode's position *by computation*, walking the visible
+   levels of the local book at that moment on the side that closes it (a long sells from the
+   best bid down, a short buys from the best ask up; the last valid touch if the book is empty
+   or crossed then), each level's quantity at its own price, for at most
+   ``BacktestConfig.close_walk_ticks`` ticks. What the visible book cannot absorb there closes
+   one tick beyond the deepest level walked (beyond the touch if none had quantity): never at a
+   price the book showed, and counted as ``close_unfilled_qty``. The taker fee is paid on the
+   whole close. ``close_px`` is the close's average price (the one price that gives its value:
+   quantity-weighted for linear instruments, harmonic for inverse ones). The simulator is never
+   sent the closing order; the next episode starts flat because its position, cash and fees
+   are counted from that moment on (the simulator's position is an accounting offset, which
+   hftbacktest does not constrain). Decision points that fall inside the close are recorded,
+   not acted on.
 
 Accounting is ours, from the orders' executed quantities (every order is a post-only maker,
 filled at its price, charged the maker fee): hftbacktest 2.4.4's local state skips partial fills
 (nkaz001/hftbacktest#299). A fill record merges the executions of one order between two looks.
+
+Fees follow the replay's fee tier (:meth:`cmm.config.Instrument.fees`): basis ``value``, the
+fee is a fraction of the settlement value (``contract_size * qty * px``, or
+``contract_size * qty / px`` for inverse contracts); basis ``quantity``, currency per unit
+traded (``fee * qty``: per share, per contract). Maker fee per fill, taker fee on the close.
+Each episode carries ``gross_pnl`` (before every fee) and ``pnl`` = ``gross_pnl`` -
+``maker_fee`` - ``close_fee`` (net at the replay's tier); fills do not depend on the fees, so
+:func:`cmm.backtest.metrics.net_pnl_at` reprices a replay at another tier exactly.
 
 Everything is float64 arrays so the kernel runs without Python objects; the column layouts are
 the ``REC_*``, ``FILL_*``, ``EP_*`` and ``ORD_*`` constants below. Times in them are nanoseconds
@@ -71,10 +86,15 @@ FILL_COLUMNS = ["exch_ts_ns", "local_ts_ns", "side", "price", "qty", "episode", 
 
 # Per episode.
 EP_START, EP_END, EP_CLOSE_TS, EP_CLOSE_PX, EP_CLOSE_QTY, EP_CLOSE_FEE, EP_PNL, EP_CASH, \
-    EP_FEE, EP_TRADES, EP_VOLUME, EP_VALUE, EP_DECISIONS, EP_COMPLETE = range(14)
-EP_SIZE = 14
+    EP_FEE, EP_TRADES, EP_VOLUME, EP_VALUE, EP_DECISIONS, EP_COMPLETE, EP_GROSS_PNL, \
+    EP_CLOSE_VALUE, EP_CLOSE_UNFILLED, EP_CLOSE_LEVELS = range(18)
+EP_SIZE = 18
 EP_COLUMNS = ["start_ns", "end_ns", "close_ns", "close_px", "close_qty", "close_fee", "pnl",
-              "cash", "maker_fee", "fills", "volume", "value", "decisions", "complete"]
+              "cash", "maker_fee", "fills", "volume", "value", "decisions", "complete",
+              "gross_pnl", "close_value", "close_unfilled_qty", "close_levels"]
+# close_qty: the position closed (signed: > 0 a long, sold); close_value: its settlement value
+# (> 0); close_unfilled_qty: the part the visible book could not absorb (>= 0); close_levels:
+# the visible levels it took from; pnl = gross_pnl - maker_fee - close_fee.
 
 # Per order id (row = id).
 ORD_SUBMIT_TS, ORD_EXCH_TS, ORD_SIDE, ORD_PX, ORD_QTY, ORD_EPISODE, ORD_STATUS = range(7)
@@ -128,10 +148,12 @@ def check_replayable(events: np.ndarray, instrument: Instrument) -> None:
 
 def build_asset(events: np.ndarray, instrument: Instrument, config: BacktestConfig,
                 policy_latency_ns: int) -> BacktestAsset:
-    """One hftbacktest asset: the instrument's terms and fees, the configured queue and exchange
-    models, and order entry latency = venue latency + the policy's own latency. Events it
-    cannot replay in bounded time raise :class:`InputError` (:func:`check_replayable`)."""
+    """One hftbacktest asset: the instrument's terms and fees (of ``config.fee_tier``; our
+    kernel books its own, see the module docstring), the configured queue and exchange models,
+    and order entry latency = venue latency + the policy's own latency. Events it cannot
+    replay in bounded time raise :class:`InputError` (:func:`check_replayable`)."""
     check_replayable(events, instrument)
+    fees = instrument.fees(config.fee_tier)
     asset = BacktestAsset().data([events])
     cs = instrument.contract_size
     asset = asset.inverse_asset(cs) if instrument.inverse else asset.linear_asset(cs)
@@ -146,9 +168,11 @@ def build_asset(events: np.ndarray, instrument: Instrument, config: BacktestConf
              "log_prob2": lambda a: a.log_prob_queue_model2()}[qm](asset)
     asset = asset.partial_fill_exchange() if config.exchange == "partial_fill" \
         else asset.no_partial_fill_exchange()
-    return (asset.trading_value_fee_model(instrument.maker_fee, instrument.taker_fee)
-            .tick_size(instrument.tick_size).lot_size(instrument.lot_size)
-            .last_trades_capacity(0))
+    asset = (asset.trading_qty_fee_model(fees.maker_fee, fees.taker_fee)
+             if fees.basis == "quantity"
+             else asset.trading_value_fee_model(fees.maker_fee, fees.taker_fee))
+    return asset.tick_size(instrument.tick_size).lot_size(instrument.lot_size) \
+        .last_trades_capacity(0)
 
 
 def build_backtest(events: np.ndarray, instrument: Instrument, config: BacktestConfig,
@@ -187,10 +211,10 @@ def _order_ids(orders) -> np.ndarray:
 
 
 @njit
-def _collect(hbt, t0, p, maker_fee, acct, filled, ords, fills, nf, ep):
+def _collect(hbt, t0, p, maker_fee, fee_qty, acct, filled, ords, fills, nf, ep):
     """Record fills since the last look (per order: cumulative executed qty), book them in
-    ``acct``, note each order's first exchange response, then drop inactive orders from the
-    local order book."""
+    ``acct`` (``fee_qty``: the maker fee is per unit, else a fraction of the value), note each
+    order's first exchange response, then drop inactive orders from the local order book."""
     lot, cs = p[LP_LOT], p[LP_CONTRACT]
     inverse = p[LP_INVERSE] > 0.5
     now = hbt.current_timestamp
@@ -213,7 +237,7 @@ def _collect(hbt, t0, p, maker_fee, acct, filled, ords, fills, nf, ep):
             amount = _amount(inverse, cs, px, delta)
             acct[ACCT_POSITION] += o.side * delta
             acct[ACCT_CASH] -= o.side * amount
-            acct[ACCT_FEE] += maker_fee * amount
+            acct[ACCT_FEE] += maker_fee * (delta if fee_qty else amount)
             acct[ACCT_FILLS] += 1
             acct[ACCT_VOLUME] += delta
             acct[ACCT_VALUE] += amount
@@ -295,16 +319,60 @@ def _reconcile(hbt, t0, bid_tick, bid_lots, ask_tick, ask_lots, bid_kept, ask_ke
 
 
 @njit
-def _close_episode(hbt, t0, p, maker_fee, taker_fee, acct, ep, ep_end, poll_ns, base, last_bb,
-                   last_ba, filled, ords, fills, nf, eps):
-    """Cancel all, wait until nothing is live, then close the position at the touch (computed)."""
+def _walk_close(depth, q, start_tick, tick, cs, inverse, max_ticks, out):
+    """Close ``q`` (> 0 sells into the bids, < 0 buys from the asks) on the visible levels from
+    ``start_tick`` away from the touch, at most ``max_ticks`` ticks; the rest one tick beyond
+    the deepest level taken from. ``out`` = (value, unfilled qty, levels, average price)."""
+    remaining = abs(q)
+    step = -1 if q > 0 else 1
+    value = 0.0
+    levels = 0
+    last = start_tick
+    one_px = True  # all of it at one price: the average is that price, exactly
+    for k in range(max_ticks):
+        if remaining <= 0.0:
+            break
+        t = start_tick + step * k
+        if t < 1:
+            break
+        avail = depth.bid_qty_at_tick(t) if q > 0 else depth.ask_qty_at_tick(t)
+        if avail > 0.0:
+            # within rounding of the rest (sizes summed in float): all of it, no residue
+            take = remaining if avail >= remaining * (1.0 - 1e-12) else avail
+            value += _amount(inverse, cs, t * tick, take)
+            remaining = 0.0 if take == remaining else remaining - take
+            levels += 1
+            last = t
+    unfilled = remaining
+    px = last * tick
+    if levels > 1:
+        one_px = False
+    if unfilled > 0.0:
+        worst = max(last + step, 1)
+        value += _amount(inverse, cs, worst * tick, unfilled)
+        if levels > 0:
+            one_px = False
+        px = worst * tick
+    if not one_px:
+        px = cs * abs(q) / value if inverse else value / (cs * abs(q))
+    out[0] = value
+    out[1] = unfilled
+    out[2] = levels
+    out[3] = px
+
+
+@njit
+def _close_episode(hbt, t0, p, maker_fee, taker_fee, fee_qty, walk_ticks, acct, ep, ep_end,
+                   poll_ns, base, last_bb, last_ba, filled, ords, fills, nf, eps):
+    """Cancel all, wait until nothing is live, then close the position on the visible book
+    (computed, :func:`_walk_close`)."""
     tick, lot, cs = p[LP_TICK], p[LP_LOT], p[LP_CONTRACT]
     inverse = p[LP_INVERSE] > 0.5
     code = 0
     now = hbt.current_timestamp
     if ep_end > now:
         code = hbt.elapse(ep_end - now)
-    nf = _collect(hbt, t0, p, maker_fee, acct, filled, ords, fills, nf, ep)
+    nf = _collect(hbt, t0, p, maker_fee, fee_qty, acct, filled, ords, fills, nf, ep)
     for _ in range(100_000):
         live = False
         vals = hbt.orders(0).values()
@@ -318,7 +386,7 @@ def _close_episode(hbt, t0, p, maker_fee, taker_fee, acct, ep, ep_end, poll_ns, 
         if not live or code != 0:
             break
         code = hbt.elapse(poll_ns)
-        nf = _collect(hbt, t0, p, maker_fee, acct, filled, ords, fills, nf, ep)
+        nf = _collect(hbt, t0, p, maker_fee, fee_qty, acct, filled, ords, fills, nf, ep)
 
     depth = hbt.depth(0)
     bb, ba = depth.best_bid_tick, depth.best_ask_tick
@@ -329,14 +397,26 @@ def _close_episode(hbt, t0, p, maker_fee, taker_fee, acct, ep, ep_end, poll_ns, 
     fee = acct[ACCT_FEE] - base[ACCT_FEE]
     if abs(q) < 0.5 * lot:
         q = 0.0
-    px = bb * tick if q > 0 else (ba * tick if q < 0 else 0.5 * (bb + ba) * tick)
-    close_fee = taker_fee * _amount(inverse, cs, px, abs(q))
+    walk = np.zeros(4)
+    if q != 0.0:
+        _walk_close(depth, q, bb if q > 0 else ba, tick, cs, inverse, walk_ticks, walk)
+        px = walk[3]
+    else:
+        px = 0.5 * (bb + ba) * tick
+    value = walk[0]
+    close_fee = taker_fee * (abs(q) if fee_qty else value)
+    cash_after = cash + value if q > 0 else cash - value  # a long sells, a short buys
+    gross = -cash_after if inverse else cash_after
     eps[ep, EP_END] = ep_end - t0
     eps[ep, EP_CLOSE_TS] = hbt.current_timestamp - t0
     eps[ep, EP_CLOSE_PX] = px
     eps[ep, EP_CLOSE_QTY] = q
     eps[ep, EP_CLOSE_FEE] = close_fee
-    eps[ep, EP_PNL] = _equity(inverse, cs, cash, q, fee, px) - close_fee
+    eps[ep, EP_PNL] = gross - fee - close_fee
+    eps[ep, EP_GROSS_PNL] = gross
+    eps[ep, EP_CLOSE_VALUE] = value
+    eps[ep, EP_CLOSE_UNFILLED] = walk[1]
+    eps[ep, EP_CLOSE_LEVELS] = walk[2]
     eps[ep, EP_CASH] = cash
     eps[ep, EP_FEE] = fee
     eps[ep, EP_TRADES] = acct[ACCT_FILLS] - base[ACCT_FILLS]
@@ -349,9 +429,10 @@ def _close_episode(hbt, t0, p, maker_fee, taker_fee, acct, ep, ep_end, poll_ns, 
 @njit
 def replay_kernel(hbt, t0, dec_ts, dec_ep, ep_end, mode, sig, qb_px, qb_qty, qa_px, qa_qty,
                   p, weights, policy_latency, skip_busy, size_tol, poll_ns, maker_fee, taker_fee,
-                  rec, fills, eps, ords):
+                  fee_qty, walk_ticks, rec, fills, eps, ords):
     """Replay one session. ``mode`` 0: ``sig`` (N, 4) predictions through the ladder; 1: the
-    policy's own quotes ``q*_px/q*_qty`` (N, K). Returns (fills seen, orders sent, status)."""
+    policy's own quotes ``q*_px/q*_qty`` (N, K). Fees: ``fee_qty`` per unit, else fractions of
+    value; ``walk_ticks``: the close's bound. Returns (fills seen, orders sent, status)."""
     tick, lot, cs = p[LP_TICK], p[LP_LOT], p[LP_CONTRACT]
     inverse = p[LP_INVERSE] > 0.5
     K = weights.shape[0] if mode == 0 else qb_px.shape[1]
@@ -377,9 +458,9 @@ def replay_kernel(hbt, t0, dec_ts, dec_ep, ep_end, mode, sig, qb_px, qb_qty, qa_
         e = dec_ep[i]
         if e != ep:
             if ep >= 0:
-                nf, code = _close_episode(hbt, t0, p, maker_fee, taker_fee, acct, ep, ep_end[ep],
-                                          poll_ns, base, last_bb, last_ba, filled, ords, fills,
-                                          nf, eps)
+                nf, code = _close_episode(hbt, t0, p, maker_fee, taker_fee, fee_qty, walk_ticks,
+                                          acct, ep, ep_end[ep], poll_ns, base, last_bb, last_ba,
+                                          filled, ords, fills, nf, eps)
                 if code != 0:
                     status = code
                     ep = -1
@@ -392,7 +473,7 @@ def replay_kernel(hbt, t0, dec_ts, dec_ep, ep_end, mode, sig, qb_px, qb_qty, qa_
                     status = code
                     ep = -1
                     break
-            nf = _collect(hbt, t0, p, maker_fee, acct, filled, ords, fills, nf, ep)
+            nf = _collect(hbt, t0, p, maker_fee, fee_qty, acct, filled, ords, fills, nf, ep)
             base[:] = acct
             eps[ep, EP_START] = hbt.current_timestamp - t0
         else:
@@ -402,7 +483,7 @@ def replay_kernel(hbt, t0, dec_ts, dec_ep, ep_end, mode, sig, qb_px, qb_qty, qa_
                 if code != 0:
                     status = code
                     break
-            nf = _collect(hbt, t0, p, maker_fee, acct, filled, ords, fills, nf, ep)
+            nf = _collect(hbt, t0, p, maker_fee, fee_qty, acct, filled, ords, fills, nf, ep)
 
         now = hbt.current_timestamp
         depth = hbt.depth(0)
@@ -456,8 +537,9 @@ def replay_kernel(hbt, t0, dec_ts, dec_ep, ep_end, mode, sig, qb_px, qb_qty, qa_
                 break
 
     if ep >= 0:
-        nf, code = _close_episode(hbt, t0, p, maker_fee, taker_fee, acct, ep, ep_end[ep], poll_ns,
-                                  base, last_bb, last_ba, filled, ords, fills, nf, eps)
+        nf, code = _close_episode(hbt, t0, p, maker_fee, taker_fee, fee_qty, walk_ticks, acct, ep,
+                                  ep_end[ep], poll_ns, base, last_bb, last_ba, filled, ords,
+                                  fills, nf, eps)
         if code != 0 and status == STATUS_OK:
             status = code
     return nf, next_oid, status
@@ -525,8 +607,8 @@ def ensure_compiled() -> None:
                       np.zeros(n, np.int64), np.array([500_000_000], np.int64), 0,
                       np.zeros((n, 4)), np.zeros((n, 1)), np.zeros((n, 1)), np.zeros((n, 1)),
                       np.zeros((n, 1)), ladder_params(ladder, inst), trapezoid_weights(1, 1, 1),
-                      np.int64(0), True, 0.5, np.int64(1_000_000), 0.0, 0.0,
-                      np.full((n, REC_SIZE), np.nan), np.zeros((64, FILL_SIZE)),
+                      np.int64(0), True, 0.5, np.int64(1_000_000), 0.0, 0.0, False,
+                      np.int64(100), np.full((n, REC_SIZE), np.nan), np.zeros((64, FILL_SIZE)),
                       np.zeros((1, EP_SIZE)), np.full((8, ORD_SIZE), np.nan))
     finally:
         hbt.close()

@@ -3,8 +3,10 @@ outputs in one batch, replay each session's events through hftbacktest, collect 
 
 Episodes (method.md, "Backtest and metrics"): per session, the split's decision points are cut
 into consecutive episodes of ``episode_s`` seconds from the session's first decision; only whole
-episodes are kept. Each starts flat and ends with its position closed at the touch with the
-taker fee (see :mod:`cmm.backtest.engine` for how the close is done).
+episodes are kept (default 5 minutes). Each starts flat, holds at most the ladder's position
+limit, and ends with its position closed by walking the visible book, with the taker fee (see
+:mod:`cmm.backtest.engine` for how the close is done). Fees are those of the instrument's tier
+``config.fee_tier``; every episode row has ``gross_pnl`` (before fees) and ``pnl`` (net).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import numpy as np
 import polars as pl
 
 from cmm.backtest import engine as E
-from cmm.config import BacktestConfig, Instrument, LadderConfig
+from cmm.config import MAX_FEE, BacktestConfig, FeeTier, Instrument, LadderConfig
 from cmm.errors import CmmError, InputError
 from cmm.strategy.ladder import ladder_params, trapezoid_weights
 from cmm.strategy.policy import DecisionPlan, Policy, Predictions, Quotes
@@ -99,6 +101,28 @@ def _frame(a: np.ndarray, columns: list[str], t0: int) -> pl.DataFrame:
                                           else pl.Float64) for c in columns})
 
 
+def check_unit_fees(events: np.ndarray, instrument: Instrument, fees: FeeTier) -> None:
+    """A per-unit fee (basis ``quantity``) within 1 % of one unit's value at the session's
+    median price, as a value fee is within 1 % of the value: $5 a share on a $500 share is a
+    typo for $0.005."""
+    if fees.basis != "quantity" or len(events) == 0:
+        return
+    px = events["px"]
+    px = px[np.isfinite(px) & (px > 0)]
+    if len(px) == 0:
+        return
+    mid = float(np.median(px))
+    cs = instrument.contract_size
+    unit = cs / mid if instrument.inverse else cs * mid
+    for k in ("maker_fee", "taker_fee"):
+        fee = getattr(fees, k)
+        if abs(fee) > MAX_FEE * unit:
+            raise InputError("a per-unit fee above 1 % of one unit's value at the session's "
+                             "median price", field=f"instrument.fee_tiers.{k}",
+                             expected=f"|fee| <= {MAX_FEE * unit:.6g} (1 % of {unit:.6g})",
+                             got=fee)
+
+
 @dataclass
 class Replay:
     """Outputs of one replayed session (column meanings: :mod:`cmm.backtest.engine`); times in
@@ -141,6 +165,8 @@ def replay(events: np.ndarray, instrument: Instrument, ts_ns: np.ndarray, episod
         raise InputError("policy latency must be >= 0", field="latency_ns", got=latency_ns)
     rows = np.arange(n) if rows is None else np.asarray(rows)
     mode, sig, bp, bq, ap, aq = _take(output, rows, n if n_rows is None else n_rows)
+    fees = instrument.fees(config.fee_tier)  # an unknown tier: InputError listing the tiers
+    check_unit_fees(events, instrument, fees)
 
     p = ladder_params(ladder, instrument)
     weights = trapezoid_weights(ladder.levels, ladder.ramp_up_levels, ladder.ramp_down_levels)
@@ -162,7 +188,8 @@ def replay(events: np.ndarray, instrument: Instrument, ts_ns: np.ndarray, episod
         nf, n_orders, status = E.replay_kernel(
             hbt, t0, ts_ns, episode, episode_end_ns, mode, sig, bp, bq, ap, aq, p, weights,
             np.int64(latency_ns), config.skip_while_busy, config.size_tolerance,
-            np.int64(poll_ns), instrument.maker_fee, instrument.taker_fee, rec, fills, eps, ords)
+            np.int64(poll_ns), float(fees.maker_fee), float(fees.taker_fee),
+            fees.basis == "quantity", np.int64(config.close_walk_ticks), rec, fills, eps, ords)
     finally:
         hbt.close()
     wall = time.perf_counter() - start
@@ -191,10 +218,14 @@ def replay(events: np.ndarray, instrument: Instrument, ts_ns: np.ndarray, episod
 class BacktestResult:
     """Per-decision records, fills, orders and per-episode outcomes of one policy on one split.
 
-    ``episodes`` has one row per episode: session, start/end/close times (ns), ``pnl`` (fees and
-    the closing trade included, in ``currency``), ``close_px``, ``close_qty``, ``close_fee``,
+    ``episodes`` has one row per episode: session, start/end/close times (ns), ``pnl`` (net:
+    fees of the tier :attr:`fee_tier` and the closing trade included, in ``currency``),
+    ``gross_pnl`` (the same before every fee: ``pnl = gross_pnl - maker_fee - close_fee``),
+    ``close_px`` (the close's average price), ``close_qty``, ``close_value``, ``close_fee``,
+    ``close_unfilled_qty`` (what the visible book could not absorb), ``close_levels``,
     ``maker_fee``, ``fills``, ``volume``, ``value``, ``decisions``. ``records`` has one row per
-    decision (position and equity are the episode's own, equity marked at the mid).
+    decision (position and equity are the episode's own, equity marked at the mid, net of the
+    maker fees so far).
     """
 
     dataset: str
@@ -213,6 +244,11 @@ class BacktestResult:
     def currency(self) -> str:
         return "base" if self.instrument.inverse else "quote"
 
+    @property
+    def fee_tier(self) -> str:
+        """The fee tier the replay charged (``settings["backtest"]["fee_tier"]``)."""
+        return (self.settings.get("backtest") or {}).get("fee_tier", "base")
+
 
 def run_backtest(ds: PreparedDataset, policy: Policy, split: str = "test", *,
                  ladder: LadderConfig | None = None, config: BacktestConfig | None = None,
@@ -220,6 +256,7 @@ def run_backtest(ds: PreparedDataset, policy: Policy, split: str = "test", *,
     """Backtest an already fitted ``policy`` on ``split`` of ``ds``."""
     ladder = ladder or LadderConfig()
     config = config or BacktestConfig()
+    ds.spec.instrument.fees(config.fee_tier)  # an unknown tier fails before the policy runs
     samples = ds.split_samples(split)
     plan = plan or make_plan(samples, split, ds.config.grid.dt_ms * 1_000_000, config)
     output = policy.act(ds, split, plan)

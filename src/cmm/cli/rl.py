@@ -1,5 +1,7 @@
 """``cmm rl train``: train an RL market maker (PPO or DQN) on a dataset's training split, keep the
-checkpoint with the best validation EPnL, save it to ``runs/<dataset>/rl/<algo>``.
+checkpoint with the best validation EPnL, save it to ``runs/<dataset>/rl/<algo>``, and measure
+the gap between the training simulator and hftbacktest on the validation episodes
+(``sim_gap.json`` there).
 
 Backtest it like any other policy: ``cmm backtest --dataset D --policy ppo,dqn,as,fixed``
 (``rl`` with ``policies: {rl: {algo: ..., artefact: ...}}`` in a ``--config`` YAML)."""
@@ -86,5 +88,14 @@ def train(
     for r in rows:
         table.add_row(*r)
     console.print(table)
+    gap = result.sim_gap
+    if gap is not None:
+        pd = gap.get("paired")
+        diff = (f"sim - hbt {pd['mean']:+.4g} [{pd['low']:.4g}, {pd['high']:.4g}]: "
+                f"{gap['reading']}" if pd else gap.get("reading", ""))
+        console.print(f"simulator vs hftbacktest on {gap['episodes']} {gap['split']} episodes: "
+                      f"EPnL {gap['sim_pnl_mean']:.4g} vs {gap['hbt_pnl_mean']:.4g}, fills "
+                      f"{gap['sim_fills_mean']:.4g} vs {gap['hbt_fills_mean']:.4g} per episode; "
+                      f"{diff}  ({result.folder / 'sim_gap.json'})", highlight=False)
     console.print(f"saved: {result.folder}  (backtest: cmm backtest --dataset {ds.name} "
                   f"--policy {algo} --split validation)")

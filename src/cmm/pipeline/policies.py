@@ -13,6 +13,15 @@ Three sources:
 
 ``policy_settings.teacher.latency_ns`` and ``policy_settings.cmm.latency_ns`` replace the
 measured latencies of all teacher and all mixture policies (for reproducible tests).
+
+Registry policies whose fit does not use the seed (:data:`SEED_INDEPENDENT`: fixed spread,
+Avellaneda-Stoikov, the perfect-forecast ladder, the ridge and LightGBM yardsticks, the last
+with its own fixed ``YardstickConfig.seed``) are backtested once per dataset (``seeded``
+False) and paired with every seed's learned policies on the same episodes.
+
+The price of latency (method.md, "Backtest and metrics") adds two replays per seed: the teacher
+charged no latency (``latency`` "zero", a hypothetical instant LLM) and CMM charged the
+teacher's latency (``latency`` "teacher").
 """
 
 from __future__ import annotations
@@ -33,8 +42,14 @@ LABELS = {
     "truth": "ground-truth student", "no_layer": "CMM w/o layer decomposition",
     "no_task": "CMM w/o task decomposition", "no_data": "CMM w/o data decomposition",
     "fixed": "fixed spread", "as": "Avellaneda-Stoikov", "oracle": "perfect-forecast ladder",
-    "ppo": "PPO", "dqn": "DQN",
+    "ppo": "PPO", "dqn": "DQN", "ridge": "ridge (hand features)",
+    "lgbm": "LightGBM (hand features)",
+    "teacher-zero-latency": "teacher LLM at zero latency",
+    "cmm-teacher-latency": "CMM at the teacher's latency",
 }
+
+# Registry policies whose fit and replay do not depend on the run's seed.
+SEED_INDEPENDENT = frozenset({"fixed", "as", "oracle", "ridge", "lgbm"})
 
 
 @dataclass(frozen=True)
@@ -42,7 +57,9 @@ class PolicySpec:
     """One backtested policy. ``slug``: its folder; ``name``: registry name, teacher folder
     (``teacher`` or ``teacher-random``) or mixture variant; ``gate``: the mixture's gate (None:
     Hájek when the mixture has it, else its only gate); ``chain``: ``main`` or ``control`` (the
-    random-init teacher's distillation)."""
+    random-init teacher's distillation); ``seeded``: backtested once per seed (False: once per
+    dataset, see :data:`SEED_INDEPENDENT`); ``latency``: charged its own latency, none
+    (``zero``) or the teacher's (``teacher``)."""
 
     slug: str
     label: str
@@ -50,9 +67,18 @@ class PolicySpec:
     name: str
     gate: str | None = None
     chain: str = "main"
+    seeded: bool = True
+    latency: Literal["own", "zero", "teacher"] = "own"
 
     def to_json(self) -> dict:
-        return asdict(self)
+        """The fields, those two at their defaults left out: a stage key names only what
+        differs from the policies of earlier versions, whose stages stay valid."""
+        out = asdict(self)
+        if out["seeded"]:
+            del out["seeded"]
+        if out["latency"] == "own":
+            del out["latency"]
+        return out
 
 
 def _label(slug: str) -> str:
@@ -81,7 +107,8 @@ def policy_specs(config: RunConfig, available: list[str]) -> tuple[list[PolicySp
         main.append(add(PolicySpec(b, _label(b), "mixture", b)))
     registry = [b for b in config.baselines if b != "oracle"]
     for name in registry:
-        main.append(add(PolicySpec(name, _label(name), "registry", name)))
+        main.append(add(PolicySpec(name, _label(name), "registry", name,
+                                   seeded=name not in SEED_INDEPENDENT)))
     for name in config.rl:
         if name in available:
             main.append(add(PolicySpec(name, _label(name), "registry", name)))
@@ -89,7 +116,8 @@ def policy_specs(config: RunConfig, available: list[str]) -> tuple[list[PolicySp
             skipped.append({"policy": name, "reason": "not registered (the RL stage is not "
                                                       "installed in this version)"})
     if "oracle" in config.baselines:
-        main.append(add(PolicySpec("oracle", _label("oracle"), "registry", "oracle")))
+        main.append(add(PolicySpec("oracle", _label("oracle"), "registry", "oracle",
+                                   seeded="oracle" not in SEED_INDEPENDENT)))
     ablations = [cmm] + [add(PolicySpec(a, _label(a), "mixture", a))
                          for a in config.distill.ablations]
     gate_rows = []
@@ -116,5 +144,11 @@ def policy_specs(config: RunConfig, available: list[str]) -> tuple[list[PolicySp
                          field="robustness.crash_policies", expected=", ".join(specs),
                          got=unknown)
     tables["robustness"] = main
+    tables["latency_price"] = [
+        add(PolicySpec("teacher-zero-latency", _label("teacher-zero-latency"), "teacher",
+                       "teacher", latency="zero")),
+        teacher, cmm,
+        add(PolicySpec("cmm-teacher-latency", _label("cmm-teacher-latency"), "mixture", "cmm",
+                       main_gate, latency="teacher"))]
     tables["crash"] = crash if config.robustness.flash_crash is not None else []
     return list(specs.values()), tables, skipped

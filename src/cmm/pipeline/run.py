@@ -5,11 +5,14 @@ The run folder ``<root>/<name>/`` holds
 - ``config.yaml`` (the resolved configuration: every default written out), ``run.json`` (the
   command, the git revision, the machine), ``logs/run.log``;
 - per dataset ``<dataset>/``: ``data/`` (the prepared dataset's key and summary; the arrays
-  stay in the data cache), ``crash/`` (the test split with a flash crash in every episode);
+  stay in the data cache), ``crash/`` (the test split with a flash crash in every episode),
+  ``seed-independent/backtest/<policy>/`` and ``seed-independent/crash/<policy>/``: the
+  policies whose fit does not use the seed (fixed, as, oracle, ridge, lgbm), replayed once;
 - per seed ``<dataset>/seed<k>/``: ``teacher/`` (+ ``features/``), ``probe/``, ``distill/``,
   ``moe/`` (one mixture per variant), ``teacher-random/`` (the control), ``control/`` (CMM
   from the random-init teacher, when asked), ``backtest/<policy>/`` and ``crash/<policy>/``
-  (metrics, per-episode table, decision records, fills);
+  (metrics, per-episode table, decision records, fills), ``backtest/teacher-zero-latency/``
+  and ``backtest/cmm-teacher-latency/`` (the price of latency);
 - ``manifest.json`` (what the report reads), ``report.md``, ``report.html``, ``figures/``.
 
 Each stage is skipped when its folder is complete for the same inputs and settings, its files
@@ -41,6 +44,7 @@ from cmm.pipeline.stages import Display, StageResult, StageRunner, Timings, json
 log = logging.getLogger("cmm.run")
 
 SPLIT = "test"
+SHARED = "seed-independent"  # <dataset>/seed-independent/: the backtests done once per dataset
 
 
 def git_revision(where: Path | None = None) -> dict:
@@ -146,6 +150,7 @@ class Pipeline:
             for s in skipped:
                 log.info("policy %s left out: %s", s["policy"], s["reason"])
             self.specs, self.tables = specs, tables
+            self.shared = {s.slug for s in specs if not s.seeded}
             self.manifest = {"schema_version": 1, "name": self.config.name, **info,
                              "config": self.config.model_dump(mode="json"),
                              "seeds": list(self.config.seeds),
@@ -178,6 +183,12 @@ class Pipeline:
             out[f"{d}/data"] = t.estimate("data", d)
             if c.robustness.flash_crash is not None:
                 out[f"{d}/crash"] = t.estimate("crash", d)
+            for s in self.specs:
+                if not s.seeded:
+                    out[f"{d}/{SHARED}/backtest/{s.slug}"] = t.estimate("backtest", d)
+            for slug in self.tables.get("crash", []):
+                if slug in self.shared:
+                    out[f"{d}/{SHARED}/crash/{slug}"] = t.estimate("backtest", d)
             for seed in c.seeds:
                 p = f"{d}/seed{seed}"
                 for kind in ("teacher", "features", "probe", "distill", "moe"):
@@ -188,9 +199,11 @@ class Pipeline:
                     if s.source == "registry" and s.name in c.rl:
                         out[f"{p}/rl-{s.name}"] = t.estimate("rl", d)
                 for s in self.specs:
-                    out[f"{p}/backtest/{s.slug}"] = t.estimate("backtest", d)
+                    if s.seeded:
+                        out[f"{p}/backtest/{s.slug}"] = t.estimate("backtest", d)
                 for slug in self.tables.get("crash", []):
-                    out[f"{p}/crash/{slug}"] = t.estimate("backtest", d)
+                    if slug not in self.shared:
+                        out[f"{p}/crash/{slug}"] = t.estimate("backtest", d)
         out["report"] = t.estimate("report", "")
         return out
 
@@ -255,8 +268,32 @@ class Pipeline:
             entry["crash"] = {"crashes": crashes,
                               "settings": c.robustness.flash_crash.model_dump(mode="json")}
         self.manifest["datasets"].append(entry)
+        entry["seed_independent"] = self._shared(ds, d_slug, crash_ds, crash_key)
         for seed in c.seeds:
             entry["seeds"][str(seed)] = self._seed(ds, d_slug, seed, crash_ds, crash_key)
+
+    def _shared(self, ds, d_slug: str, crash_ds, crash_key) -> dict:
+        """The backtests of the policies whose fit does not use the seed, once per dataset
+        (``<dataset>/seed-independent/``); the report pairs them with every seed's."""
+        base = self.run_dir / d_slug / SHARED
+        sid = f"{d_slug}/{SHARED}"
+        keys: dict = {"main": {}, "rl": {}}
+        out: dict = {"backtest": {}, "crash": {}}
+        for spec in self.specs:
+            if spec.seeded:
+                continue
+            res = self._backtest(ds, ds, self.config, spec, keys, base / "backtest" / spec.slug,
+                                 f"{sid}/backtest/{spec.slug}", d_slug, None)
+            out["backtest"][spec.slug] = {"key": res.key, "latency_ns": res.info["latency_ns"]}
+        for slug in self.tables.get("crash", []):
+            if slug not in self.shared:
+                continue
+            spec = next(s for s in self.specs if s.slug == slug)
+            orig = self.runner.results[f"{sid}/backtest/{slug}"]
+            res = self._backtest(ds, crash_ds, self.config, spec, keys, base / "crash" / slug,
+                                 f"{sid}/crash/{slug}", d_slug, (crash_key, orig))
+            out["crash"][slug] = {"key": res.key}
+        return out
 
     def _crash(self, ds, plan, d_slug: str):
         from cmm.data.prepare import PreparedDataset
@@ -295,11 +332,19 @@ class Pipeline:
                                        d_slug)
                       for s in self.specs if s.source == "registry" and s.name in c.rl}
         out = {"backtest": {}, "crash": {}}
-        for spec in self.specs:
+        # own latencies first: "cmm-teacher-latency" is charged the teacher's
+        for spec in sorted((s for s in self.specs if s.seeded), key=lambda s: s.latency != "own"):
+            latency = None
+            if spec.latency == "zero":
+                latency = 0
+            elif spec.latency == "teacher":
+                latency = out["backtest"]["teacher"]["latency_ns"]
             res = self._backtest(ds, ds, c, spec, keys, base / "backtest" / spec.slug,
-                                 f"{sid}/backtest/{spec.slug}", d_slug, None)
+                                 f"{sid}/backtest/{spec.slug}", d_slug, None, latency)
             out["backtest"][spec.slug] = {"key": res.key, "latency_ns": res.info["latency_ns"]}
         for slug in self.tables.get("crash", []):
+            if slug in self.shared:
+                continue
             spec = next(s for s in self.specs if s.slug == slug)
             orig = self.runner.results[f"{sid}/backtest/{slug}"]
             res = self._backtest(ds, crash_ds, c, spec, keys, base / "crash" / slug,
@@ -408,8 +453,10 @@ class Pipeline:
 
     # --------------------------------------------------------------------------- backtests
     def _backtest(self, ds, target, c: RunConfig, spec: PolicySpec, keys: dict, folder: Path,
-                  stage_id: str, d_slug: str, crash: tuple[str, StageResult] | None
-                  ) -> StageResult:
+                  stage_id: str, d_slug: str, crash: tuple[str, StageResult] | None,
+                  latency_ns: int | None = None) -> StageResult:
+        """One replay of ``spec`` on ``target`` (``ds`` or its crashed copy); ``latency_ns``
+        replaces the policy's own charged latency (the price of latency)."""
         chain = keys["control"] if spec.chain == "control" or spec.name == "teacher-random" \
             else keys["main"]
         upstream = chain["moe"] if spec.source == "mixture" else (
@@ -417,6 +464,8 @@ class Pipeline:
         settings = dict(c.policy_settings.get(
             spec.name if spec.source == "registry" else
             ("teacher" if spec.source == "teacher" else "cmm"), {}))
+        if latency_ns is not None:
+            settings["latency_ns"] = int(latency_ns)
         rl = keys.get("rl", {}).get(spec.name) if spec.source == "registry" else None
         if rl is not None:
             upstream = rl.key
@@ -424,8 +473,12 @@ class Pipeline:
                   "policy": spec.to_json(), "settings": settings, "upstream": upstream,
                   "seed": c.teacher.seed, "ladder": jsonable(c.ladder),
                   "backtest": jsonable(c.backtest)}
+        if not spec.seeded:  # one replay for every seed: the seed is no input of it
+            del inputs["seed"]
         if crash is not None:
             inputs["original"] = crash[1].key
+        if spec.slug == "cmm" and crash is None:
+            inputs["saves"] = ["weights", "prediction"]  # the report's weights, CMM's metrics
         if rl is not None:  # not part of the key: the RL stage's key is
             settings = {**settings, "artefact": str(rl.folder)}
 
@@ -524,8 +577,8 @@ def _build_policy(spec: PolicySpec, ds, target, c: RunConfig, chain: dict, setti
 
     if spec.source == "registry":
         policy = get_policy(spec.name, settings or None)
-        if policy.config is not None and "seed" in type(policy.config).model_fields \
-                and "seed" not in settings:
+        if spec.seeded and policy.config is not None \
+                and "seed" in type(policy.config).model_fields and "seed" not in settings:
             policy = get_policy(spec.name, {**settings, "seed": c.teacher.seed})
         return policy.fit(ds), {}
     if spec.source == "teacher":
@@ -587,8 +640,15 @@ def _replay(policy, target, c: RunConfig, out: Path, spec: PolicySpec, extra: di
         "latency_ns": policy.latency_ns, "wall_s": result.wall_s,
         "instrument": result.instrument.model_dump(mode="json"),
         "gate": extra.get("gate")})
+    episodes = episode_metrics(result)
+    if c.backtest.fee_tier != "base":  # the report's second main table, at the base tier
+        import polars as pl
+
+        from cmm.backtest.metrics import net_pnl_at
+
+        episodes = episodes.with_columns(pl.Series("pnl_base", net_pnl_at(result, "base")))
     with atomic_path(out / "episodes.csv") as tmp:
-        episode_metrics(result).write_csv(tmp)
+        episodes.write_csv(tmp)
     with atomic_path(out / "records.parquet") as tmp:
         result.records.write_parquet(tmp)
     with atomic_path(out / "fills.parquet") as tmp:
@@ -601,12 +661,20 @@ def _replay(policy, target, c: RunConfig, out: Path, spec: PolicySpec, extra: di
 
 def _save_weights(policy, ds, out: Path) -> None:
     """The mixture's per-decision expert weights on the test split, with each sample's time and
-    regime (the report's "expert weights over time" figure)."""
+    regime (the report's "expert weights over time" figure), and its test prediction metrics
+    as the teacher's evaluation computes them, up/flat/down of the mid included
+    (``prediction.json``: the report's prediction table)."""
+    from cmm.teacher.evaluate import regression_metrics
+    from cmm.yardsticks import flat_threshold_bps
+
     samples = ds.split_samples(SPLIT)
     regimes = np.asarray(ds.regimes(SPLIT))
     quoter = policy.quoter_
     gate_regimes = regimes if quoter.gate == "regime" else None
-    _, weights = quoter.predict_batch(ds.windows(SPLIT), gate_regimes)
+    pred, weights = quoter.predict_batch(ds.windows(SPLIT), gate_regimes)
+    write_json(out / "prediction.json", {
+        "split": SPLIT, "gate": quoter.gate, "windows": len(pred),
+        "metrics": regression_metrics(pred, ds.targets(SPLIT), flat_threshold_bps(ds))})
     meta = quoter.meta
     names = [e.get("name", f"expert {i}").split("/")[-1]
              for i, e in enumerate(meta.get("experts", []))]

@@ -19,7 +19,7 @@ import polars as pl
 
 from cmm.io import atomic_path, read_parquet, reading, write_json
 from cmm.report import figures as FIG
-from cmm.report.tables import TASKS, build_tables, missing_cells
+from cmm.report.tables import TASKS, backtest_dir, build_tables, flip, missing_cells
 
 
 @dataclass
@@ -51,6 +51,93 @@ def _num(x: float, digits: int = 4) -> str:
     return f"{x:.{digits}g}"
 
 
+# ---------------------------------------------------------------------- paired comparisons
+
+
+def _interval(p: dict) -> str:
+    return f"[{_num(p['low'], 3)}, {_num(p['high'], 3)}]"
+
+
+def verdict_clause(p: dict) -> str:
+    """One comparison in words, from its interval only (``p``: :func:`cmm.report.tables.compare`
+    or ``PairedDifference.to_dict()`` with ``a_label``, ``b_label``): "better" / "worse" only
+    where the 95 % interval of ``a - b`` excludes 0, else "not distinguishable with N
+    episodes", with the minimum detectable difference."""
+    a, b = p.get("a_label", "a"), p.get("b_label", "b")
+    delta = f"Δ {_num(p['mean'], 3)} {_interval(p)}"
+    verdict = p.get("verdict") or ("better" if p["low"] > 0 else "worse" if p["high"] < 0
+                                   else "")
+    if verdict == "better":
+        return f"{a} is better than {b} ({delta})"
+    if verdict == "worse":
+        return f"{a} is worse than {b} ({delta})"
+    return (f"{a} and {b} are not distinguishable with {p['n']} episodes ({delta}; "
+            f"minimum detectable difference {_num(p['min_detectable'], 3)})")
+
+
+PAIRED_HEADERS = ["comparison (a − b)", "mean Δ", "95 % interval", "Wilcoxon p",
+                  "min. detectable Δ", "episodes", "verdict (a against b)"]
+
+
+def _paired_rows(pairs: list[dict]) -> list[list[str]]:
+    return [[p["label"], _num(p["mean"], 4), _interval(p),
+             "–" if p.get("p_value") is None else f"{p['p_value']:.3g}",
+             _num(p["min_detectable"], 3), str(p["n"]), p["verdict"]] for p in pairs]
+
+
+def paired_sentence(pairs: list[dict], what: str = "EPnL") -> str:
+    """The sentence under a table: every comparison's verdict (see :func:`verdict_clause`);
+    the comparisons of one policy that are not distinguishable (same episode count) in one
+    clause, with the range of their minimum detectable differences."""
+    if not pairs:
+        return ""
+    order: list[tuple] = []  # ("one", pair) or ("group", (a label, n)), in table order
+    groups: dict[tuple, list[dict]] = {}
+    for p in pairs:
+        if p.get("verdict") in ("better", "worse"):
+            order.append(("one", p))
+            continue
+        key = (p.get("a_label", "a"), p["n"])
+        if key not in groups:
+            order.append(("group", key))
+        groups.setdefault(key, []).append(p)
+    out = []
+    for kind, item in order:
+        group = [item] if kind == "one" else groups[item]
+        if len(group) == 1:
+            out.append(verdict_clause(group[0]))
+            continue
+        names = [p.get("b_label", "b") for p in group]
+        mde = [p["min_detectable"] for p in group]
+        out.append(f"{item[0]} and each of {', '.join(names[:-1])} and {names[-1]}: not "
+                   f"distinguishable with {item[1]} episodes (minimum detectable differences "
+                   f"{_num(min(mde), 3)} to {_num(max(mde), 3)})")
+    block = pairs[0].get("block", 1)
+    return (f"Paired over the same test episodes (Δ = per-episode {what} difference, 95 % "
+            f"bootstrap interval, seeds as strata, blocks of {block} episode"
+            f"{'s' if block != 1 else ''}): " + "; ".join(out) + ".")
+
+
+def _paired_blocks(pairs: list[dict], caption: str, what: str = "EPnL") -> list[Block]:
+    if not pairs:
+        return []
+    return [Block("table", caption + "; minimum detectable Δ: the true difference found with "
+                                     "80 % power at the 5 % level", PAIRED_HEADERS,
+                  _paired_rows(pairs)),
+            Block("p", paired_sentence(pairs, what))]
+
+
+def _vs_cmm(pairs: list[dict], slug: str) -> str:
+    """The verdict of the row ``slug`` against its table's reference: CMM (pairs "CMM − row"
+    or "row − CMM"), or the pretrained teacher for the random-init control ("" if none)."""
+    for p in pairs:
+        if p["b"] == slug and p["a"] == "cmm":
+            return flip(p["verdict"])
+        if p["a"] == slug and p["b"] in ("cmm", "teacher"):
+            return p["verdict"]
+    return ""
+
+
 # ------------------------------------------------------------------------------ the document
 
 
@@ -75,7 +162,14 @@ def _doc(run_dir: Path, manifest: dict, tables: dict, fig_dir: Path) -> list[Blo
                         "decision time each policy was charged in the replay (its orders reach "
                         "the exchange that much later). PnL in the quote currency, fees and the "
                         "closing trade included. The oracle (perfect-forecast ladder) quotes "
-                        "the true future through the ladder: a check, not a competitor."))
+                        "the true future through the ladder: a check, not a competitor. "
+                        "Policies whose fit does not use the seed (fixed spread, "
+                        "Avellaneda-Stoikov, the oracle, ridge, LightGBM) are replayed once "
+                        "per market; their episodes count once. Comparisons are paired: two "
+                        "policies' net PnL on the same test episodes, the mean difference with "
+                        "a 95 % block-bootstrap interval (seeds as strata) and a Wilcoxon "
+                        "p-value; a policy is called better or worse only where that interval "
+                        "excludes 0."))
     for s in manifest.get("skipped", []):
         B.append(Block("p", f"Left out: **{s['policy']}**, {s['reason']}."))
     B.append(Block("h2", "Datasets"))
@@ -126,9 +220,11 @@ def epnl_ranks(tables: dict, slugs: list[str]) -> dict[str, list[int]]:
 
 
 def _across(tables: dict, ds: list[dict], key: str, metric: str = "EPnL",
-            slugs: list[str] | None = None) -> tuple[list[str], list[list[str]]]:
+            slugs: list[str] | None = None, paired: str | None = None
+            ) -> tuple[list[str], list[list[str]]]:
     """Rows of table ``key`` (its policies, in the first market's order) with ``metric`` in one
-    column per market."""
+    column per market; with ``paired`` (a key of the market's paired comparisons), each cell
+    marked "(better)" / "(worse)" where its paired comparison with CMM's row says so."""
     order: list[str] = []
     labels: dict[str, str] = {}
     for d in ds:
@@ -143,9 +239,19 @@ def _across(tables: dict, ds: list[dict], key: str, metric: str = "EPnL",
         row = [labels[s]]
         for d in ds:
             r = next((r for r in tables[d["slug"]].get(key, []) if r["slug"] == s), None)
-            row.append("(not run)" if r is None or r.get("missing") else fmt(r.get(metric)))
+            cell = "(not run)" if r is None or r.get("missing") else fmt(r.get(metric))
+            if paired and r is not None and not r.get("missing"):
+                v = _vs_cmm(tables[d["slug"]].get("paired", {}).get(paired, []), s)
+                if v in ("better", "worse"):
+                    cell += f" ({v})"
+            row.append(cell)
         rows.append(row)
     return ["policy"] + [d["dataset"] for d in ds], rows
+
+
+MARKS = ("(better) / (worse): against CMM's row (for the teacher control: against the "
+         "pretrained teacher) by the paired per-episode difference, whose 95 % interval "
+         "excludes 0; unmarked: not distinguishable")
 
 
 def _overview_blocks(run_dir: Path, manifest: dict, tables: dict) -> list[Block]:
@@ -155,15 +261,15 @@ def _overview_blocks(run_dir: Path, manifest: dict, tables: dict) -> list[Block]
     first = tables[ds[0]["slug"]]["main"]
     slugs = [r["slug"] for r in first]
     ranks = epnl_ranks({d["slug"]: tables[d["slug"]] for d in ds}, slugs)
-    headers, rows = _across(tables, ds, "main", slugs=slugs)
+    headers, rows = _across(tables, ds, "main", slugs=slugs, paired="main")
     for row, s in zip(rows, slugs):
         row.append("–" if not ranks[s] else f"{np.mean(ranks[s]):.2g}")
     n_rank = sum(1 for s in slugs if s != "oracle")
     B = [Block("h2", "Overview across markets"),
          Block("table", f"test EPnL per market (quote currency per episode, mean ± std over "
                         f"episodes and seeds) and the mean rank by EPnL over the markets (1 = "
-                        f"best of {n_rank}; the oracle is a check and takes no rank)",
-               headers + ["mean rank"], rows)]
+                        f"best of {n_rank}; the oracle is a check and takes no rank); "
+                        f"{MARKS}", headers + ["mean rank"], rows)]
 
     pair_rows = []
     for d in ds:
@@ -172,14 +278,22 @@ def _overview_blocks(run_dir: Path, manifest: dict, tables: dict) -> list[Block]
         if not c or not te:
             continue
         lc, lt = (c.get("latency_ms") or {}).get("mean"), (te.get("latency_ms") or {}).get("mean")
+        pd_ = next((p for p in tables[d["slug"]].get("paired", {}).get("main", [])
+                    if p["a"] == "cmm" and p["b"] == "teacher"), None)
         pair_rows.append([d["dataset"], fmt(c["EPnL"]), fmt(te["EPnL"]), fmt(c["PnLMAP"]),
-                          fmt(te["PnLMAP"]), fmt(c["latency_ms"], 3), fmt(te["latency_ms"], 3),
+                          fmt(te["PnLMAP"]),
+                          "–" if pd_ is None else f"{_num(pd_['mean'], 3)} {_interval(pd_)}",
+                          "–" if pd_ is None else _num(pd_["min_detectable"], 3),
+                          "–" if pd_ is None else pd_["verdict"],
+                          fmt(c["latency_ms"], 3), fmt(te["latency_ms"], 3),
                           f"{lt / lc:,.0f}x" if lc and lt else "–"])
     if pair_rows:
         B.append(Block("h3", "CMM against its teacher"))
         B.append(Block("table", "the student mixture and the LLM it was distilled from, each "
-                                "quoting with its own decision latency",
+                                "quoting with its own decision latency; Δ: CMM − teacher per "
+                                "episode, paired, with its 95 % interval",
                        ["market", "CMM EPnL", "teacher EPnL", "CMM PnLMAP", "teacher PnLMAP",
+                        "Δ EPnL [95 %]", "min. detectable Δ", "CMM against the teacher",
                         "CMM latency (ms)", "teacher latency (ms)", "speed-up"], pair_rows))
     for key, title, caption in (
             ("ablations", "Ablations", "test EPnL of CMM and of CMM without one decomposition"),
@@ -187,19 +301,20 @@ def _overview_blocks(run_dir: Path, manifest: dict, tables: dict) -> list[Block]
             ("backbone", "Pretrained vs random-init backbone",
              "test EPnL of the teacher on a pretrained and on a randomly initialised backbone")):
         if any(tables[d["slug"]].get(key) for d in ds):
-            headers, rows = _across(tables, ds, key)
+            headers, rows = _across(tables, ds, key, paired=key)
             B.append(Block("h3", title))
-            B.append(Block("table", caption, headers, rows))
+            B.append(Block("table", f"{caption}; {MARKS}", headers, rows))
     if any(tables[d["slug"]].get("robustness") for d in ds):
         for metric, title, caption in (
                 ("EPnL_volatile", "Robustness: the most volatile episodes",
                  "test EPnL over the most volatile third of test episodes"),
                 ("EPnL_crash", "Robustness: flash crash",
                  "test EPnL with a synthetic flash crash in every test episode")):
-            headers, rows = _across(tables, ds, "robustness", metric)
+            headers, rows = _across(tables, ds, "robustness", metric,
+                                    paired="volatile" if metric == "EPnL_volatile" else "crash")
             if any(c != "–" for row in rows for c in row[1:]):
                 B.append(Block("h3", title))
-                B.append(Block("table", caption, headers, rows))
+                B.append(Block("table", f"{caption}; {MARKS}", headers, rows))
     probe_rows = [[d["dataset"]] + row for d in ds
                   for row, _ in _probe_rows(run_dir, manifest["seeds"], d)]
     if probe_rows:
@@ -219,19 +334,50 @@ def _metric_row(r: dict, extra: list[str] = ()) -> list[str]:
 
 
 METRIC_HEADERS = ["policy", "EPnL", "MAP (base)", "PnLMAP", "RPT", "Sharpe", "latency (ms)"]
+PAIRED_CAPTIONS = {
+    "main": "CMM against each policy of the main table: per-episode EPnL of CMM minus the "
+            "policy's",
+    "ablations": "each ablation against CMM: its per-episode EPnL minus CMM's",
+    "gates": "each gate control against the Hájek-MoE gate: its per-episode EPnL minus CMM's",
+    "backbone": "the random-init control against the pretrained backbone: per-episode EPnL "
+                "of the control minus the pretrained one's",
+    "volatile": "CMM against each policy over the volatile episodes only",
+    "crash": "CMM against each policy through the flash crash",
+}
 
 
 def _dataset_blocks(run_dir: Path, manifest: dict, d: dict, t: dict, fig_dir: Path,
                     rep: dict) -> list[Block]:
     slug = d["slug"]
     n_ep = len(d["episodes"]["start_ns"])
+    paired = t.get("paired", {})
     B = [Block("h2", f"{d['dataset']}")]
     B.append(Block("h3", "Main table"))
-    B.append(Block("table", f"{n_ep} test episodes per seed", METRIC_HEADERS + ["fills"],
-                   [_metric_row(r, ["fills"]) for r in t["main"]]))
+    gross = any(r.get("gross_EPnL") for r in t["main"] if not r.get("missing"))
+    shared = [r["label"] for r in t["main"] if r.get("seeded") is False]
+    tier = t.get("fee_tier", "base")
+    cap = f"{n_ep} test episodes per seed; net PnL at the {tier} fee tier"
+    if shared and len(manifest["seeds"]) > 1:
+        cap += (f"; replayed once, their episodes counted once: {', '.join(shared)} (their fit "
+                "does not use the seed)")
+    if gross:
+        cap += "; gross EPnL: before fees (maker fees and the closing taker fee)"
+    B.append(Block("table", cap, METRIC_HEADERS + ["fills"] + (["gross EPnL"] if gross else []),
+                   [_metric_row(r, ["fills"] + (["gross_EPnL"] if gross else []))
+                    for r in t["main"]]))
     summary = _summary(t)
     if summary:
         B.append(Block("p", summary))
+    B += _paired_blocks(paired.get("main", []), PAIRED_CAPTIONS["main"])
+    if t.get("main_base"):
+        B.append(Block("h3", "Main table at the base fee tier"))
+        B.append(Block("table", f"the same replays, net PnL recomputed at the base tier from "
+                                f"their fills (fills do not depend on fees); the main table "
+                                f"above is at the {tier} tier",
+                       METRIC_HEADERS + ["fills"],
+                       [_metric_row(r, ["fills"]) for r in t["main_base"]]))
+        B += _paired_blocks(paired.get("main_base", []), PAIRED_CAPTIONS["main"]
+                            + ", at the base tier")
     r2 = [f"R² {k}" for k in TASKS]
     for key, title, caption in (
             ("ablations", "Ablations", "CMM against CMM without one of its decompositions; "
@@ -249,6 +395,7 @@ def _dataset_blocks(run_dir: Path, manifest: dict, d: dict, t: dict, fig_dir: Pa
                     else ["–"] * 3
                 rows.append(row)
             B.append(Block("table", caption, METRIC_HEADERS + r2, rows))
+            B += _paired_blocks(paired.get(key, []), PAIRED_CAPTIONS[key])
     if t.get("robustness"):
         B.append(Block("h3", "Robustness"))
         crash = d.get("crash")
@@ -270,6 +417,9 @@ def _dataset_blocks(run_dir: Path, manifest: dict, d: dict, t: dict, fig_dir: Pa
                         fmt(r.get("MAP_crash")), fmt(r.get("max_drawdown_crash"))]
             rows.append(row)
         B.append(Block("table", cap, headers, rows))
+        B += _paired_blocks(paired.get("volatile", []), PAIRED_CAPTIONS["volatile"])
+        B += _paired_blocks(paired.get("crash", []), PAIRED_CAPTIONS["crash"])
+    B += _latency_price_blocks(manifest, d, t)
     B.append(Block("h3", "Decision latency"))
     B.append(Block("table", "charged per decision in the replay; teacher: all-threads median; "
                             "mixtures: one-thread median of Quoter.decide",
@@ -280,20 +430,110 @@ def _dataset_blocks(run_dir: Path, manifest: dict, d: dict, t: dict, fig_dir: Pa
     B.append(Block("img", "Decision latency", path=FIG.latency_bars(
         t["latency"], fig_dir / f"{slug}-latency.png", f"{d['dataset']}: decision latency",
         rep["dpi"])))
-    if t.get("prediction"):
-        B.append(Block("h3", "Prediction quality (test split)"))
-        B.append(Block("table", "R² per target, mean ± std over seeds; mixture rows from the "
-                                "mixture stage, teacher rows from the teacher's evaluation",
-                       ["model"] + r2,
-                       [[r["model"]] + [fmt(r.get(f"r2_{k}"), 3) for k in TASKS]
-                        for r in t["prediction"]]))
+    B += _prediction_blocks(t.get("prediction", []))
+    B += _rl_gap_blocks(t.get("rl_sim_gap", []))
     B += _probe_blocks(run_dir, manifest, d, fig_dir)
     B += _figure_blocks(run_dir, manifest, d, t, fig_dir, rep)
     return B
 
 
+def _latency_price_blocks(manifest: dict, d: dict, t: dict) -> list[Block]:
+    """The price of latency: the teacher at zero and at its measured latency, CMM at its own
+    and at the teacher's; the decisions each skipped while busy; the three differences."""
+    lp = t.get("latency_price") or {}
+    if not lp.get("rows"):
+        return []
+    bt = manifest["config"].get("backtest", {})
+    step = d["dt_ms"] * int(bt.get("decision_every", 1))
+    busy = bt.get("skip_while_busy", True)
+    skipped = "; ".join(f"{r['label']} {r['skipped']:,} of {r['decisions']:,}"
+                        for r in lp["rows"])
+    cap = (f"decisions every {step:g} ms (the data grid"
+           f"{'' if int(bt.get('decision_every', 1)) == 1 else ', every n-th step'}); "
+           + ("a policy still busy with its last decision skips the next ones "
+              "(backtest.skip_while_busy on); skipped while busy: " + skipped if busy else
+              "backtest.skip_while_busy off: every decision is acted on, late"))
+    rows = [[r["label"], fmt(r["latency_ms"], 3), fmt(r["EPnL"]), fmt(r["PnLMAP"]),
+             f"{r['skipped']:,} of {r['decisions']:,}"] for r in lp["rows"]]
+    B = [Block("h3", "Price of latency"),
+         Block("table", cap, ["policy", "latency (ms)", "EPnL", "PnLMAP",
+                              "decisions skipped (busy)"], rows)]
+    pairs = lp.get("paired", [])
+    if pairs:
+        B.append(Block("table", "what each difference reads; Δ: per-episode EPnL of a minus b",
+                       ["reads", *PAIRED_HEADERS],
+                       [[p["meaning"], *row] for p, row in zip(pairs, _paired_rows(pairs))]))
+        B.append(Block("p", paired_sentence(pairs)))
+    return B
+
+
+def _prediction_blocks(rows: list[dict]) -> list[Block]:
+    """The prediction table and which model predicts best per target (numbers only)."""
+    if not rows:
+        return []
+    headers = ["model"] + [f"R² {k}" for k in TASKS] + ["mid up/flat/down accuracy",
+                                                         "mid up/flat/down macro-F1"]
+    body = [[r["label"]] + [fmt(r.get(f"r2_{k}"), 3) for k in TASKS]
+            + [fmt(r.get("direction3_acc"), 3), fmt(r.get("direction3_f1"), 3)] for r in rows]
+
+    def best(key):
+        """(best mean, the rows that share it, in table order) or None."""
+        have = [(r[key]["mean"], r["label"]) for r in rows
+                if (r.get(key) or {}).get("mean") is not None]
+        if not have:
+            return None
+        top = max(v for v, _ in have)
+        tied = [name for v, name in have if abs(v - top) <= 1e-12 * max(1.0, abs(top))]
+        return top, " and ".join(tied) + (" (tied)" if len(tied) > 1 else "")
+
+    parts = []
+    for k in TASKS:
+        b = best(f"r2_{k}")
+        parts.append(f"{k}: {b[1]} (R² {_num(b[0], 3)})" if b else
+                     f"{k}: no R² (the target is constant on the test split)")
+    f1 = best("direction3_f1")
+    text = "Highest test R² per target: " + "; ".join(parts)
+    if f1:
+        text += f"; best up/flat/down macro-F1 of the mid: {f1[1]} ({_num(f1[0], 3)})"
+    B = [Block("h3", "Prediction quality (test split)"),
+         Block("table", "R² per target on the test split, and the mid's direction in three "
+                        "classes (up / flat / down beyond a quarter tick), mean ± std over "
+                        "seeds; teacher and yardstick rows from the teacher's evaluation, CMM "
+                        "from its backtest, the distillation baselines from the mixture stage "
+                        "(R² only)", headers, body)]
+    if text:
+        B.append(Block("p", text + " (from the numbers only; these are not tested for "
+                                   "significance)."))
+    return B
+
+
+def _rl_gap_blocks(rows: list[dict]) -> list[Block]:
+    """RL: the same episodes in the training simulator and in hftbacktest (when recorded)."""
+    if not rows:
+        return []
+    body = []
+    for r in rows:
+        p = r.get("paired") or {}
+        have = all(p.get(k) is not None for k in ("mean", "low", "high"))
+        body.append([r["label"], str(r["seed"]), str(r.get("episodes", "–")),
+                     "–" if r.get("sim_pnl_mean") is None else _num(r["sim_pnl_mean"]),
+                     "–" if r.get("hbt_pnl_mean") is None else _num(r["hbt_pnl_mean"]),
+                     f"{_num(p['mean'], 3)} {_interval(p)}" if have else "–",
+                     "–" if p.get("min_detectable") is None else _num(p["min_detectable"], 3),
+                     r.get("reading") or p.get("verdict", "–")])
+    splits = sorted({r["split"] for r in rows if r.get("split")})
+    return [Block("h3", "RL: training simulator against hftbacktest"),
+            Block("table", f"the same {' and '.join(splits) or 'held-out'} episodes replayed "
+                           "in cmm's RL training simulator and in hftbacktest (the RL stage's "
+                           "sim_gap.json); Δ: simulator − hftbacktest per episode, paired, "
+                           "with its 95 % interval",
+                  ["policy", "seed", "episodes", "sim EPnL", "hftbacktest EPnL",
+                   "Δ [95 %]", "min. detectable Δ", "verdict"], body)]
+
+
 def _summary(t: dict) -> str:
-    """CMM against the teacher and against the best competitor, in words (numbers only)."""
+    """CMM against the teacher and against the best competitor, in words (numbers only; the
+    verdicts from the paired comparisons)."""
     main = {r["slug"]: r for r in t["main"] if not r.get("missing")}
     if "cmm" not in main:
         return ""
@@ -305,9 +545,12 @@ def _summary(t: dict) -> str:
     parts = []
     te = main.get("teacher")
     if te and mean(c, "EPnL") is not None and mean(te, "EPnL") is not None:
-        better = mean(c, "EPnL") > mean(te, "EPnL")
-        parts.append(f"CMM's EPnL {fmt(c['EPnL'])} is {'above' if better else 'below'} the "
-                     f"teacher's {fmt(te['EPnL'])}")
+        pd_ = next((p for p in t.get("paired", {}).get("main", [])
+                    if p["a"] == "cmm" and p["b"] == "teacher"), None)
+        text = f"CMM's EPnL {fmt(c['EPnL'])}, the teacher's {fmt(te['EPnL'])}"
+        if pd_ is not None:
+            text += f": {verdict_clause({**pd_, 'a_label': 'CMM', 'b_label': 'the teacher'})}"
+        parts.append(text)
         if mean(c, "PnLMAP") is not None and mean(te, "PnLMAP") is not None:
             parts.append(f"PnLMAP {fmt(c['PnLMAP'])} against {fmt(te['PnLMAP'])}")
         lc, lt = mean(c, "latency_ms"), mean(te, "latency_ms")
@@ -319,10 +562,9 @@ def _summary(t: dict) -> str:
     if rivals and mean(c, "EPnL") is not None:
         rank = 1 + sum(mean(r, "EPnL") > mean(c, "EPnL") for r in rivals)
         best = max(rivals, key=lambda r: mean(r, "EPnL"))
-        parts.append(f"CMM ranks {rank} of {len(rivals) + 1} by EPnL (oracle excluded; best "
-                     f"other: {best['label']}, {fmt(best['EPnL'])})")
-    return ("; ".join(parts) + ". Differences smaller than the ± spreads are not "
-            "significant.") if parts else ""
+        parts.append(f"CMM ranks {rank} of {len(rivals) + 1} by mean EPnL (oracle excluded; "
+                     f"best other: {best['label']}, {fmt(best['EPnL'])})")
+    return "; ".join(parts) + "." if parts else ""
 
 
 def _probe_rows(run_dir: Path, seeds: list[int], d: dict) -> list[tuple[list[str], Path]]:
@@ -368,7 +610,7 @@ def _figure_blocks(run_dir: Path, manifest: dict, d: dict, t: dict, fig_dir: Pat
     want = rep.get("curve_policies") or manifest["tables"]["main"]
     curves = {}
     for p in manifest["policies"]:
-        folder = base / "backtest" / p["slug"]
+        folder = backtest_dir(run_dir, slug, p, seed)
         if p["slug"] in want and (folder / "stage.json").is_file():
             curves[p["label"]] = (read_parquet(folder / "records.parquet"),
                                   pl.read_csv(folder / "episodes.csv"))

@@ -4,7 +4,16 @@ Aggregation (method.md, "Backtest and metrics"): episodes of every seed are pool
 max drawdown and fills are the mean ± standard deviation over those episodes. PnLMAP (EPnL /
 MAP), RPT (total PnL / fills) and Sharpe (mean / std of episode PnL) are ratios of a whole run:
 each is computed per seed, then given as mean ± std over seeds (no ± with one seed). Decision
-latency is the one each policy was charged in the replay, mean ± std over seeds.
+latency is the one each policy was charged in the replay, mean ± std over seeds. A policy whose
+fit does not use the seed (``seeded`` False in the manifest) was replayed once per dataset; its
+episodes count once.
+
+Comparisons are paired (:mod:`cmm.backtest.stats`): two policies' net PnL on the same test
+episodes (matched by session and episode within each seed; a seed-independent policy's one
+replay is matched with every seed's), the mean difference with a 95 % stratified block-bootstrap
+interval (seeds as strata, ``report.bootstrap_block`` episodes per block, seeded: the same
+numbers every time), a Wilcoxon p-value, the minimum detectable difference and the verdict:
+better / worse only where the interval excludes 0.
 """
 
 from __future__ import annotations
@@ -20,6 +29,8 @@ import polars as pl
 from cmm.io import reading
 
 TASKS = ("mid", "spread", "volume")
+SHARED = "seed-independent"  # <dataset>/seed-independent/: backtests done once per dataset
+PREDICTION_COLUMNS = ("r2_mid", "r2_spread", "r2_volume", "direction3_acc", "direction3_f1")
 
 
 @dataclass
@@ -57,6 +68,22 @@ class PolicyResult:
     episodes: list[pl.DataFrame] = field(default_factory=list)  # per seed
     latency_ms: list[float] = field(default_factory=list)
     seeds: list[int] = field(default_factory=list)
+    shared: bool = False  # one replay for every seed (episodes[0]; seeds empty)
+
+    def with_pnl(self, column: str) -> PolicyResult | None:
+        """The same backtests with ``column`` (e.g. ``pnl_base``: net at another fee tier) as
+        their net PnL; None where a backtest lacks it."""
+        if not self.episodes or any(column not in e.columns for e in self.episodes):
+            return None
+        return PolicyResult(self.slug, self.label,
+                            [e.with_columns(pl.col(column).alias("pnl")) for e in self.episodes],
+                            list(self.latency_ms), list(self.seeds), self.shared)
+
+    def frame(self, seed: int | None) -> pl.DataFrame | None:
+        """The episodes of ``seed`` (a seed-independent policy: its one replay)."""
+        if self.shared:
+            return self.episodes[0] if self.episodes else None
+        return self.episodes[self.seeds.index(seed)] if seed in self.seeds else None
 
     def metrics(self, episodes: list[int] | None = None) -> dict[str, Stat]:
         frames = [e if episodes is None else e.filter(pl.col("episode").is_in(episodes))
@@ -69,6 +96,8 @@ class PolicyResult:
         for key, col in (("EPnL", "pnl"), ("MAP", "map"), ("fills", "fills"),
                          ("max_drawdown", "max_drawdown"), ("volume", "volume")):
             out[key] = _stat(pooled[col].to_numpy())
+        if "gross_pnl" in pooled.columns:  # backtests that record PnL before fees
+            out["gross_EPnL"] = _stat(pooled["gross_pnl"].to_numpy())
         ratios: dict[str, list[float]] = {"PnLMAP": [], "RPT": [], "Sharpe": []}
         for f in frames:
             pnl, map_, fills = (f[c].to_numpy().astype(np.float64) for c in ("pnl", "map",
@@ -100,24 +129,98 @@ def _read_backtest(folder: Path) -> tuple[pl.DataFrame, dict] | None:
         return pl.read_csv(folder / "episodes.csv"), meta
 
 
+def backtest_dir(run_dir: Path, d_slug: str, policy: dict, seed: int,
+                 scenario: str = "backtest") -> Path:
+    """Where a policy's backtest of one seed is (one folder for every seed when the policy's
+    fit does not use the seed)."""
+    if policy.get("seeded", True):
+        return run_dir / d_slug / f"seed{seed}" / scenario / policy["slug"]
+    return run_dir / d_slug / SHARED / scenario / policy["slug"]
+
+
 def load_results(run_dir: Path, manifest: dict, dataset: dict, scenario: str = "backtest"
                  ) -> dict[str, PolicyResult]:
     """Per policy slug, its backtests over the seeds (``scenario``: ``backtest`` or
     ``crash``)."""
     out: dict[str, PolicyResult] = {}
     for p in manifest["policies"]:
-        res = PolicyResult(p["slug"], p["label"])
-        for seed in manifest["seeds"]:
-            got = _read_backtest(run_dir / dataset["slug"] / f"seed{seed}" / scenario / p["slug"])
+        shared = not p.get("seeded", True)
+        res = PolicyResult(p["slug"], p["label"], shared=shared)
+        for seed in manifest["seeds"][:1] if shared else manifest["seeds"]:
+            got = _read_backtest(backtest_dir(run_dir, dataset["slug"], p, seed, scenario))
             if got is None:
                 continue
             frame, meta = got
             res.episodes.append(frame)
             res.latency_ms.append(meta["latency_ns"] / 1e6)
-            res.seeds.append(seed)
+            if not shared:
+                res.seeds.append(seed)
         if res.episodes:
             out[p["slug"]] = res
     return out
+
+
+# ------------------------------------------------------------------------- paired comparisons
+
+
+def paired_episodes(a: PolicyResult, b: PolicyResult, episodes: list[int] | None = None,
+                    column: str = "pnl") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``column`` of ``a`` and ``b`` on the episodes both replayed, matched by session and
+    episode within each seed (a seed-independent policy's one replay stands for every seed),
+    in time order within each seed; and each pair's stratum (its seed). ``episodes``: only
+    these episode ids."""
+    seeds: list = [None] if a.shared and b.shared else (b.seeds if a.shared else a.seeds)
+    xs, ys, strata = [], [], []
+    for seed in seeds:
+        fa, fb = a.frame(seed), b.frame(seed)
+        if fa is None or fb is None or column not in fa.columns or column not in fb.columns:
+            continue
+        on = [c for c in ("session", "episode") if c in fa.columns and c in fb.columns]
+        j = (fa.select(*on, pl.col(column).alias("_a"))
+             .join(fb.select(*on, pl.col(column).alias("_b")), on=on, how="inner")
+             .sort(on[::-1]))  # episode ids follow time
+        if episodes is not None:
+            j = j.filter(pl.col("episode").is_in(episodes))
+        xs.append(j["_a"].to_numpy().astype(np.float64))
+        ys.append(j["_b"].to_numpy().astype(np.float64))
+        strata.append(np.full(len(j), -1 if seed is None else seed, np.int64))
+    if not xs:
+        return np.zeros(0), np.zeros(0), np.zeros(0, np.int64)
+    return np.concatenate(xs), np.concatenate(ys), np.concatenate(strata)
+
+
+def compare(a: PolicyResult | None, b: PolicyResult | None, block: int = 1,
+            episodes: list[int] | None = None, column: str = "pnl") -> dict | None:
+    """``a - b`` paired per episode (:func:`cmm.backtest.stats.paired_difference`, seeds as
+    strata, bootstrap seeded: deterministic), labelled; None where fewer than 2 episodes pair
+    (or a policy did not run)."""
+    from cmm.backtest.stats import paired_difference
+
+    if a is None or b is None:
+        return None
+    x, y, strata = paired_episodes(a, b, episodes, column)
+    ok = np.isfinite(x) & np.isfinite(y)
+    x, y, strata = x[ok], y[ok], strata[ok]
+    if len(x) < 2:
+        return None
+    d = paired_difference(x, y, strata, block=block).to_dict()
+    return {"a": a.slug, "b": b.slug, "a_label": a.label, "b_label": b.label,
+            "label": f"{a.label} − {b.label}", "metric": column,
+            **{k: (_clean(v) if isinstance(v, float) else v) for k, v in d.items()}}
+
+
+def flip(verdict: str) -> str:
+    """The verdict of ``b - a`` from that of ``a - b``."""
+    return {"better": "worse", "worse": "better"}.get(verdict, verdict)
+
+
+def skipped_decisions(folder: Path) -> tuple[int, int]:
+    """(decisions skipped because the policy was still busy, decision points) of a backtest:
+    the records' ``acted`` column, 0 = busy."""
+    from cmm.io import read_parquet
+
+    acted = read_parquet(folder / "records.parquet", columns=["acted"])["acted"].to_numpy()
+    return int((acted == 0).sum()), int(len(acted))
 
 
 def prediction_metrics(run_dir: Path, manifest: dict, dataset: dict) -> dict[str, dict]:
@@ -154,6 +257,82 @@ def prediction_metrics(run_dir: Path, manifest: dict, dataset: dict) -> dict[str
             for k, d in rows.items()}
 
 
+# rows of the prediction table: (key, label, where), where = "teacher:<model>" for a model of a
+# teacher stage's evaluation (metrics.json), "random:teacher" for the random-init teacher's
+PREDICTORS = (("teacher", "teacher LLM", "teacher:teacher"),
+              ("teacher-random", "teacher LLM (random-init backbone)", "random:teacher"),
+              ("train-mean", "train mean", "teacher:train-mean"),
+              ("zero/last", "last value (zero/last)", "teacher:zero/last"),
+              ("ridge", "ridge (hand features)", "teacher:ridge"),
+              ("lightgbm", "LightGBM (hand features)", "teacher:lightgbm"))
+
+
+def prediction_table(run_dir: Path, manifest: dict, dataset: dict, gates: dict,
+                     pred: dict[str, dict[str, Stat]]) -> list[dict]:
+    """The prediction table (method.md, "Baselines": yardsticks): test R² per target and, for
+    the mid, up/flat/down accuracy and macro-F1, mean ± std over seeds, of the teacher (and
+    the random-init control), the yardsticks of the teacher's evaluation (train mean, last
+    value, ridge, LightGBM), CMM (its backtest's ``prediction.json``; the mixture stage's R²
+    where an older run lacks it) and the distillation baselines of the main table (R² of the
+    mixture stage)."""
+    policies = {p["slug"]: p for p in manifest["policies"]}
+    vals: dict[str, dict[str, list]] = {}
+    windows: dict[str, list] = {}
+
+    def add(key: str, test: dict) -> None:
+        row = vals.setdefault(key, {})
+        for t in TASKS:
+            m = test.get(t) or {}
+            row.setdefault(f"r2_{t}", []).append(m.get("r2"))
+            row.setdefault(f"mse_{t}", []).append(m.get("mse"))
+        mid = test.get("mid") or {}
+        for k in ("direction3_acc", "direction3_f1", "direction_acc"):
+            row.setdefault(k, []).append(mid.get(k))
+
+    for seed in manifest["seeds"]:
+        base = run_dir / dataset["slug"] / f"seed{seed}"
+        teacher = base / "teacher" / "metrics.json"
+        models = _json(teacher)["models"] if teacher.is_file() else {}
+        for folder in (base / "teacher-random", base / "control" / "teacher"):
+            if (folder / "metrics.json").is_file():
+                rnd = _json(folder / "metrics.json")["models"]
+                if "teacher" in rnd and "test" in rnd["teacher"]:
+                    add("teacher-random", rnd["teacher"]["test"])
+                break
+        for key, _, where in PREDICTORS:
+            src, name = where.split(":")
+            if src == "teacher" and name in models and "test" in models[name]:
+                add(key, models[name]["test"])
+        if "cmm" in policies:
+            got = base / "backtest" / "cmm" / "prediction.json"
+            if got.is_file():
+                data = _json(got)
+                add("cmm", data["metrics"])
+                windows.setdefault("cmm", []).append(data.get("windows"))
+            elif r := pred.get(mixture_row("cmm", policies["cmm"], gates)):
+                add("cmm", {t: {"r2": r[f"r2_{t}"].mean if f"r2_{t}" in r else None}
+                            for t in TASKS})
+    order = [(k, label) for k, label, _ in PREDICTORS]
+    if "cmm" in policies:
+        order.append(("cmm", policies["cmm"]["label"]))
+    out = []
+    for key, label in order:
+        if key not in vals:
+            continue
+        out.append({"model": key, "label": label,
+                    **{m: _stat([x for x in v if x is not None]).to_json()
+                       for m, v in sorted(vals[key].items())}})
+    for slug in manifest["tables"]["main"]:
+        p = policies[slug]
+        if p["source"] != "mixture" or slug == "cmm":
+            continue
+        r = pred.get(mixture_row(slug, p, gates))
+        if r:
+            out.append({"model": slug, "label": p["label"],
+                        **{m: v.to_json() for m, v in sorted(r.items())}})
+    return out
+
+
 def mixture_row(slug: str, policy: dict, gates: dict) -> str:
     """The name of a policy's row in the mixture stage's evaluation."""
     name, gate = policy["name"], policy.get("gate")
@@ -170,6 +349,7 @@ def build_tables(run_dir: Path, manifest: dict) -> dict:
     """Every table of the report, per dataset, as JSON-able data."""
     out: dict = {}
     policies = {p["slug"]: p for p in manifest["policies"]}
+    block = int((manifest.get("config", {}).get("report") or {}).get("bootstrap_block", 1))
     for d in manifest["datasets"]:
         res = load_results(run_dir, manifest, d)
         crash = load_results(run_dir, manifest, d, "crash")
@@ -183,14 +363,15 @@ def build_tables(run_dir: Path, manifest: dict) -> dict:
         volatile = d["episodes"]["volatile"]
         tables: dict = {}
 
-        def rows(slugs, extra=None):
+        def rows(slugs, extra=None, source=res):
             body = []
             for s in slugs:
-                if s not in res:
+                if s not in source:
                     body.append({"slug": s, "label": policies[s]["label"], "missing": True})
                     continue
-                m = res[s].metrics()
-                row = {"slug": s, "label": res[s].label,
+                m = source[s].metrics()
+                row = {"slug": s, "label": source[s].label,
+                       "seeded": not source[s].shared,
                        **{k: v.to_json() for k, v in m.items()}}
                 if extra:
                     row.update(extra(s))
@@ -204,11 +385,39 @@ def build_tables(run_dir: Path, manifest: dict) -> dict:
             return {f"r2_{t}": got[f"r2_{t}"].to_json() if f"r2_{t}" in got else None
                     for t in TASKS}
 
+        def pairs(items, source=res, episodes=None):
+            """Paired comparisons ``a - b`` for (a, b) slugs present in ``source``."""
+            got = (compare(source.get(a), source.get(b), block, episodes) for a, b in items)
+            return [g for g in got if g is not None]
+
         t = manifest["tables"]
         tables["main"] = rows(t["main"])
         tables["ablations"] = rows(t.get("ablations", []), r2)
         tables["gates"] = rows(t.get("gates", []), r2)
         tables["backbone"] = rows(t.get("backbone", []), r2)
+        cmm = "cmm"
+        paired = {
+            # CMM against the teacher, each baseline, yardstick, RL policy and the oracle
+            "main": pairs([(cmm, s) for s in t["main"] if s != cmm]),
+            # each ablation and gate control against CMM
+            "ablations": pairs([(s, cmm) for s in t.get("ablations", []) if s != cmm]),
+            "gates": pairs([(s, cmm) for s in t.get("gates", []) if s != cmm]),
+            # the random-init control against the pretrained one
+            "backbone": pairs([(s, "teacher" if policies[s]["source"] == "teacher" else cmm)
+                               for s in t.get("backbone", [])
+                               if s not in ("teacher", cmm)]),
+            "volatile": pairs([(cmm, s) for s in t.get("robustness", []) if s != cmm],
+                              episodes=volatile),
+            "crash": pairs([(cmm, s) for s in t.get("robustness", []) if s != cmm], crash),
+        }
+        tier = (manifest.get("config", {}).get("backtest") or {}).get("fee_tier", "base")
+        tables["fee_tier"] = tier
+        if tier != "base":  # net also at the base tier (episodes.csv's pnl_base)
+            at_base = {s: r2_ for s, r in res.items() if (r2_ := r.with_pnl("pnl_base"))}
+            if at_base:
+                tables["main_base"] = rows(t["main"], source=at_base)
+                paired["main_base"] = pairs([(cmm, s) for s in t["main"] if s != cmm], at_base)
+        tables["paired"] = paired
         robust = []
         for s in t.get("robustness", []):
             if s not in res:
@@ -227,18 +436,72 @@ def build_tables(run_dir: Path, manifest: dict) -> dict:
                             "max_drawdown_crash": cm["max_drawdown"].to_json()})
             robust.append(row)
         tables["robustness"] = robust
+        tables["latency_price"] = _latency_price(run_dir, manifest, d, res, policies, block)
         teacher_lat = res["teacher"].metrics()["latency_ms"].mean if "teacher" in res else None
         lat = []
         for s, r in res.items():
+            if policies[s].get("latency", "own") != "own":  # in the price-of-latency table
+                continue
             m = r.metrics()["latency_ms"]
             speed = (teacher_lat / m.mean if teacher_lat and m.mean and m.mean > 0 else None)
             lat.append({"slug": s, "label": r.label, "latency_ms": m.to_json(),
                         "speedup_vs_teacher": _clean(speed)})
         tables["latency"] = sorted(lat, key=lambda r: -(r["latency_ms"]["mean"] or 0))
-        tables["prediction"] = [
-            {"model": k, **{m: v.to_json() for m, v in sorted(d2.items())}}
-            for k, d2 in pred.items()]
+        tables["prediction"] = prediction_table(run_dir, manifest, d, gates, pred)
+        tables["rl_sim_gap"] = _rl_sim_gap(run_dir, manifest, d, policies)
         out[d["slug"]] = tables
+    return out
+
+
+def _latency_price(run_dir: Path, manifest: dict, d: dict, res: dict[str, PolicyResult],
+                   policies: dict, block: int) -> dict:
+    """The price of latency (method.md): the teacher at zero and at its measured latency, CMM
+    at its own and at the teacher's, each with the decisions it skipped while still busy, and
+    the three paired differences that read the value of speed and of quality apart."""
+    slugs = [s for s in manifest["tables"].get("latency_price", []) if s in res]
+    if len(slugs) < 2:
+        return {}
+    rows = []
+    for s in slugs:
+        m = res[s].metrics()
+        busy = total = 0
+        for seed in manifest["seeds"][:1] if res[s].shared else res[s].seeds:
+            folder = backtest_dir(run_dir, d["slug"], policies[s], seed)
+            if (folder / "records.parquet").is_file():
+                b, n = skipped_decisions(folder)
+                busy, total = busy + b, total + n
+        rows.append({"slug": s, "label": res[s].label, "EPnL": m["EPnL"].to_json(),
+                     "PnLMAP": m["PnLMAP"].to_json(), "latency_ms": m["latency_ms"].to_json(),
+                     "skipped": busy, "decisions": total})
+    meaning = {("teacher", "teacher-zero-latency"): "what the LLM's slowness costs",
+               ("cmm", "cmm-teacher-latency"): "what CMM's speed is worth",
+               ("cmm-teacher-latency", "teacher"): "quality alone (both at the teacher's "
+                                                   "latency)"}
+    paired = []
+    for (a, b), what in meaning.items():
+        got = compare(res.get(a), res.get(b), block)
+        if got is not None:
+            paired.append({**got, "meaning": what})
+    return {"rows": rows, "paired": paired}
+
+
+def _rl_sim_gap(run_dir: Path, manifest: dict, d: dict, policies: dict) -> list[dict]:
+    """Per RL policy and seed, its ``rl/<algo>/sim_gap.json`` (the same episodes replayed in
+    the training simulator and in hftbacktest), where the RL stage wrote one."""
+    out = []
+    for slug, p in policies.items():
+        if p["source"] != "registry" or slug not in (manifest["config"].get("rl") or ()):
+            continue
+        for seed in manifest["seeds"]:
+            path = run_dir / d["slug"] / f"seed{seed}" / "rl" / p["name"] / "sim_gap.json"
+            if not path.is_file():
+                continue
+            g = _json(path)
+            out.append({"slug": slug, "label": p["label"], "seed": seed,
+                        "split": g.get("split"), "episodes": g.get("episodes"),
+                        "sim_pnl_mean": _clean(g.get("sim_pnl_mean")),
+                        "hbt_pnl_mean": _clean(g.get("hbt_pnl_mean")),
+                        "paired": g.get("paired") or {}, "reading": g.get("reading")})
     return out
 
 

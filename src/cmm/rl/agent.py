@@ -10,7 +10,10 @@ The artefact (:func:`save_agent` / :func:`load_agent`) is a folder with
 - ``policy.safetensors``: the sb3 policy network's ``state_dict`` (no pickle);
 - ``agent.json``: schema version, algorithm, spaces and action map, every setting, the data's
   cache key, the training log (timesteps, wall time, validation checks) and the measured
-  batch-1 decision latency.
+  batch-1 decision latency;
+- ``sim_gap.json`` (:func:`measure_sim_gap`): the saved agent's episode PnL on the validation
+  episodes in the training simulator and in the hftbacktest replay, and their paired
+  difference (``sim - hbt``), so that what the simulator's simplifications cost is measured.
 
 Loading rebuilds the sb3 policy class from those settings and loads the weights, so inference
 needs no sb3 ``.zip`` (whose ``data`` part is pickled).
@@ -39,9 +42,11 @@ if TYPE_CHECKING:
     from cmm.data.prepare import PreparedDataset
 
 __all__ = ["SCHEMA_VERSION", "Agent", "greedy_actions", "TrainResult", "build_envs", "train_agent", "save_agent",
-           "load_agent", "evaluate_in_env", "measure_latency", "default_artefact"]
+           "load_agent", "evaluate_in_env", "measure_latency", "default_artefact",
+           "measure_sim_gap", "SIM_GAP_FILE"]
 
 SCHEMA_VERSION = 1
+SIM_GAP_FILE = "sim_gap.json"
 _ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU}
 
 
@@ -198,7 +203,85 @@ def evaluate_in_env(env: MarketMakingEnv, predict, episodes: int = 0) -> dict:
     return {"EPnL": float(np.mean(pnls)), "EPnL_std": float(np.std(pnls)),
             "mean_reward": float(np.mean(rewards)), "fills": int(np.sum(fills)),
             "MAP": float(np.mean(abs_pos)), "episodes": len(pnls),
-            "episode_pnl": [float(x) for x in pnls]}
+            "episode_pnl": [float(x) for x in pnls],
+            "episode_fills": [int(x) for x in fills]}
+
+
+# ---------------------------------------------------------------- simulator vs hftbacktest
+
+
+def measure_sim_gap(ds: PreparedDataset, folder: str | Path, split: str = "validation") -> dict:
+    """The trained agent's episode PnL on the same episodes of ``split`` in the training
+    simulator (:mod:`cmm.rl.sim`, the ``mode="plan"`` environment) and in the hftbacktest replay
+    (the ``rl`` policy as ``cmm backtest`` runs it: closed loop, its measured latency, the
+    venue's latencies, the ladder and backtest settings it was trained with).
+
+    ``paired`` is :func:`~cmm.backtest.stats.paired_difference` of ``sim - hbt`` per episode
+    (sessions as strata): a positive difference whose interval excludes 0 means the simulator
+    is optimistic for this agent. Validation is the default split: it is a training diagnostic
+    and nothing in training reads the test split (the agent was selected on these episodes in
+    the simulator, so an agent that exploits the simulator's simplifications shows here)."""
+    from cmm.backtest.runner import run_backtest
+    from cmm.backtest.stats import paired_difference
+    from cmm.config import RLPolicyConfig
+    from cmm.rl.policy import RLPolicy
+
+    folder = Path(folder)
+    agent = load_agent(folder)
+    cfg = agent.config
+    t0 = time.perf_counter()
+    market = market_from_dataset(ds, split, cfg.env.volume_quantile)
+    env = MarketMakingEnv(market, agent.actions, cfg.env, cfg.ladder, cfg.backtest, mode="plan")
+    sim = evaluate_in_env(env, agent.predict)
+    sim_s = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    pol = RLPolicy(RLPolicyConfig(algo=agent.algo, artefact=str(folder))).fit(ds)
+    res = run_backtest(ds, pol, split, ladder=cfg.ladder, config=cfg.backtest)
+    hbt_s = time.perf_counter() - t1
+    eps = res.episodes.sort("episode")
+    sessions = [int(e.session) for e in env.episodes]
+    ends = [int(e.end_ns) for e in env.episodes]
+    if eps["session"].to_list() != sessions or eps["end_ns"].to_list() != ends:
+        raise CmmError("internal: the simulator's and the backtest's episodes differ "
+                       f"({len(sessions)} and {len(eps)} episodes of {split})")
+    sim_pnl = np.asarray(sim["episode_pnl"], np.float64)
+    hbt_pnl = eps["pnl"].to_numpy().astype(np.float64)
+    out = {
+        "schema_version": SCHEMA_VERSION, "split": split, "episodes": len(sim_pnl),
+        "episode_s": cfg.backtest.episode_s,
+        "currency": "base" if ds.spec.instrument.inverse else "quote",
+        "sim_pnl_mean": float(sim_pnl.mean()), "hbt_pnl_mean": float(hbt_pnl.mean()),
+        "sim_pnl_std": float(sim_pnl.std(ddof=1)) if len(sim_pnl) > 1 else None,
+        "hbt_pnl_std": float(hbt_pnl.std(ddof=1)) if len(hbt_pnl) > 1 else None,
+        "sim_fills_mean": float(np.mean(sim["episode_fills"])),
+        "hbt_fills_mean": float(eps["fills"].mean()),
+        "difference": "sim - hbt, per episode",
+        "paired": None,
+        "per_episode": {"session": sessions, "end_ns": ends, "sim_pnl": sim_pnl.tolist(),
+                        "hbt_pnl": hbt_pnl.tolist(), "sim_fills": sim["episode_fills"],
+                        "hbt_fills": [int(x) for x in eps["fills"].to_list()]},
+        "hbt": {"latency_ns": int(pol.latency_ns),
+                "venue_entry_latency_ns": int(cfg.backtest.venue_entry_latency_ns),
+                "venue_response_latency_ns": int(cfg.backtest.venue_response_latency_ns),
+                "closed_loop": pol.describe()["learned"]["closed_loop"].get(split)},
+        "wall_s": {"sim": sim_s, "hbt": hbt_s},
+    }
+    try:
+        out["paired"] = paired_difference(sim_pnl, hbt_pnl, np.asarray(sessions)).to_dict()
+        out["reading"] = _gap_reading(out["paired"])
+    except InputError as e:  # fewer than 2 episodes
+        out["paired_error"] = str(e)
+        out["reading"] = f"no comparison: {e}"
+    return out
+
+
+def _gap_reading(paired: dict) -> str:
+    """The paired verdict of ``sim - hbt`` in the simulator's terms."""
+    if paired["verdict"] == "better":
+        return "the simulator is optimistic (its EPnL is higher, the interval excludes 0)"
+    if paired["verdict"] == "worse":
+        return "the simulator is pessimistic (its EPnL is lower, the interval excludes 0)"
+    return f"simulator and hftbacktest are {paired['verdict']}"
 
 
 # ---------------------------------------------------------------- training
@@ -208,6 +291,7 @@ def evaluate_in_env(env: MarketMakingEnv, predict, episodes: int = 0) -> dict:
 class TrainResult:
     folder: Path
     meta: dict
+    sim_gap: dict | None = None  # measure_sim_gap's answer, also in <folder>/sim_gap.json
 
 
 def _make_model(config: RLConfig, train: Market, actions: ActionMap):
@@ -284,9 +368,11 @@ def _selection_callback(config: RLConfig, val_env: MarketMakingEnv, start: float
 
 
 def train_agent(ds: PreparedDataset, config: RLConfig, out: str | Path | None = None,
-                log=None) -> TrainResult:
+                log=None, sim_gap: bool = True) -> TrainResult:
     """Train ``config.algo`` on ``ds``'s training split, select on validation, measure the
-    decision latency, save to ``out`` (default ``runs/<dataset>/rl/<algo>``)."""
+    decision latency, save to ``out`` (default ``runs/<dataset>/rl/<algo>``); then, with
+    ``sim_gap``, replay the saved agent on the validation episodes in both the simulator and
+    hftbacktest and write ``sim_gap.json`` beside it (:func:`measure_sim_gap`)."""
     log = log or (lambda entry: None)
     out = Path(out) if out else default_artefact(ds.name, config.algo)
     threads = torch.get_num_threads()
@@ -326,7 +412,17 @@ def train_agent(ds: PreparedDataset, config: RLConfig, out: str | Path | None = 
         "latency": latency,
     }
     folder = save_agent(out, config.algo, model.policy, actions, config, obs_dim, meta)
-    return TrainResult(folder, meta)
+    gap = None
+    if sim_gap:
+        from cmm.io import write_json
+
+        torch.set_num_threads(config.threads)
+        try:
+            gap = measure_sim_gap(ds, folder, "validation")
+        finally:
+            torch.set_num_threads(threads)
+        write_json(folder / SIM_GAP_FILE, gap)
+    return TrainResult(folder, meta, gap)
 
 
 # ---------------------------------------------------------------- latency

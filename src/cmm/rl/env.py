@@ -99,6 +99,9 @@ class MarketMakingEnv(gym.Env):
         self._w = trapezoid_weights(self.ladder.levels, self.ladder.ramp_up_levels,
                                     self.ladder.ramp_down_levels)
         self._queue = QUEUE_MODELS[self.backtest.queue_model]
+        # the replay's fee tier (an unknown name: InputError listing the instrument's tiers)
+        self._fees = inst.fees(self.backtest.fee_tier)
+        self._fee_qty = self._fees.basis == "quantity"
         self._ep_len = int(round(self.backtest.episode_s * 1e9))
         self._obs = np.clip(market.obs, -self.cfg.obs_clip, self.cfg.obs_clip).astype(np.float32)
         self.observation_space = gym.spaces.Box(-self.cfg.obs_clip, self.cfg.obs_clip,
@@ -193,11 +196,11 @@ class MarketMakingEnv(gym.Env):
         s2 = ep.end_step if last else int(m.row_step[ep.rows[k + 1]])
         sig = self.actions.signal(action, float(book.mid[s]))
         inst = m.instrument
-        step_kernel(self._p, self._w, sig[0], sig[1], sig[2], sig[3], inst.maker_fee,
-                    self.backtest.size_tolerance, self._queue, self.backtest.queue_power,
-                    self._orders, self._acct, s, s2, book.bid_tick, book.bid_sz, book.ask_tick,
-                    book.ask_sz, book.trade_tick, book.trade_qty, book.trade_side,
-                    book.trade_lo, book.trade_hi)
+        step_kernel(self._p, self._w, sig[0], sig[1], sig[2], sig[3], self._fees.maker_fee,
+                    self._fee_qty, self.backtest.size_tolerance, self._queue,
+                    self.backtest.queue_power, self._orders, self._acct, s, s2, book.bid_tick,
+                    book.bid_sz, book.ask_tick, book.ask_sz, book.trade_tick, book.trade_qty,
+                    book.trade_side, book.trade_lo, book.trade_hi)
         mid = float(book.mid[s2])
         q = float(self._acct[ACCT_POSITION])
         penalty = self.cfg.inventory_penalty * (q / self._limit(mid)) ** 2
@@ -205,7 +208,8 @@ class MarketMakingEnv(gym.Env):
         if last:
             tick = inst.tick_size
             new_equity, close_fee = close_pnl(self._p, self._acct, book.bid_tick[s2, 0] * tick,
-                                              book.ask_tick[s2, 0] * tick, inst.taker_fee)
+                                              book.ask_tick[s2, 0] * tick,
+                                              self._fees.taker_fee, self._fee_qty)
         else:
             new_equity = equity(self._p, self._acct, mid)
         pnl_change = new_equity - self._equity

@@ -22,8 +22,10 @@ applies the same rules to the steps in between, in this order for each step ``u`
 Simplifications, for speed: order entry and cancel latencies are ignored (orders act from the
 decision step on; cancelled orders cannot fill); depth changes are seen once per step rather
 than per event, and only within the top ``L`` levels; trades use local timestamps; the
-episode's close happens at its end step's touch with no wait for cancels. Fills are whole orders
-at their own price with the maker fee, as in the replay's accounting.
+episode's close happens at its end step's touch with no wait for cancels (the replay walks the
+visible book). Fills are whole orders at their own price with the maker fee, as in the replay's
+accounting; fees are those of the replay's fee tier, a fraction of the value or (``fee_qty``)
+currency per unit traded.
 """
 
 from __future__ import annotations
@@ -111,7 +113,7 @@ def _prob(kind: int, n: float, front: float, back: float) -> float:
 
 
 @njit(cache=True)
-def _fill(p: np.ndarray, maker_fee: float, orders: np.ndarray, side: int, j: int,
+def _fill(p: np.ndarray, maker_fee: float, fee_qty: bool, orders: np.ndarray, side: int, j: int,
           acct: np.ndarray) -> None:
     qty = orders[side, j, O_LOTS] * p[LP_LOT]
     px = orders[side, j, O_TICK] * p[LP_TICK]
@@ -119,7 +121,7 @@ def _fill(p: np.ndarray, maker_fee: float, orders: np.ndarray, side: int, j: int
     sgn = 1.0 if side == 0 else -1.0
     acct[ACCT_POSITION] += sgn * qty
     acct[ACCT_CASH] -= sgn * amount
-    acct[ACCT_FEE] += maker_fee * amount
+    acct[ACCT_FEE] += maker_fee * (qty if fee_qty else amount)
     acct[ACCT_FILLS] += 1.0
     acct[ACCT_VOLUME] += qty
     orders[side, j, O_LIVE] = 0.0
@@ -160,8 +162,8 @@ def _reconcile(bid_tick, bid_lots, ask_tick, ask_lots, orders, tol, bt, bs, at, 
 
 
 @njit(cache=True)
-def _advance(p, maker_fee, orders, acct, s, s2, bid_t, bid_s, ask_t, ask_s, tr_tick, tr_qty,
-             tr_side, tr_lo, tr_hi, queue_kind, queue_n):
+def _advance(p, maker_fee, fee_qty, orders, acct, s, s2, bid_t, bid_s, ask_t, ask_s, tr_tick,
+             tr_qty, tr_side, tr_lo, tr_hi, queue_kind, queue_n):
     """Steps s+1..s2: trades, depth changes and crossings against the resting orders."""
     K = orders.shape[1]
     lot = p[LP_LOT]
@@ -175,12 +177,12 @@ def _advance(p, maker_fee, orders, acct, s, s2, bid_t, bid_s, ask_t, ask_s, tr_t
                 ot = int(orders[side, j, O_TICK])
                 through = ot > tt if side == 0 else ot < tt
                 if through:
-                    _fill(p, maker_fee, orders, side, j, acct)
+                    _fill(p, maker_fee, fee_qty, orders, side, j, acct)
                 elif ot == tt:
                     orders[side, j, O_FRONT] -= tr_qty[k]
                     orders[side, j, O_CUM] += tr_qty[k]
                     if round(orders[side, j, O_FRONT] / lot) < 0:
-                        _fill(p, maker_fee, orders, side, j, acct)
+                        _fill(p, maker_fee, fee_qty, orders, side, j, acct)
         for side in range(2):
             for j in range(K):
                 if orders[side, j, O_LIVE] < 0.5:
@@ -204,13 +206,14 @@ def _advance(p, maker_fee, orders, acct, s, s2, bid_t, bid_s, ask_t, ask_s, tr_t
         bb, ba = bid_t[u, 0], ask_t[u, 0]
         for j in range(K):
             if orders[0, j, O_LIVE] > 0.5 and ba > 0 and orders[0, j, O_TICK] >= ba:
-                _fill(p, maker_fee, orders, 0, j, acct)
+                _fill(p, maker_fee, fee_qty, orders, 0, j, acct)
             if orders[1, j, O_LIVE] > 0.5 and bb > 0 and orders[1, j, O_TICK] <= bb:
-                _fill(p, maker_fee, orders, 1, j, acct)
+                _fill(p, maker_fee, fee_qty, orders, 1, j, acct)
 
 
 @njit(cache=True)
-def step_kernel(p, weights, mid_bps, spread_ticks, volume_log1p, skew_ticks, maker_fee, tol,
+def step_kernel(p, weights, mid_bps, spread_ticks, volume_log1p, skew_ticks, maker_fee, fee_qty,
+                tol,
                 queue_kind, queue_n, orders, acct, s, s2, bid_t, bid_s, ask_t, ask_s, tr_tick,
                 tr_qty, tr_side, tr_lo, tr_hi):
     """One decision at step ``s``: quote through the ladder with the current inventory, then
@@ -225,8 +228,8 @@ def step_kernel(p, weights, mid_bps, spread_ticks, volume_log1p, skew_ticks, mak
                        ask_tick, ask_lots)
     _reconcile(bid_tick, bid_lots, ask_tick, ask_lots, orders, tol, bid_t[s], bid_s[s],
                ask_t[s], ask_s[s])
-    _advance(p, maker_fee, orders, acct, s, s2, bid_t, bid_s, ask_t, ask_s, tr_tick, tr_qty,
-             tr_side, tr_lo, tr_hi, queue_kind, queue_n)
+    _advance(p, maker_fee, fee_qty, orders, acct, s, s2, bid_t, bid_s, ask_t, ask_s, tr_tick,
+             tr_qty, tr_side, tr_lo, tr_hi, queue_kind, queue_n)
     return ok
 
 
@@ -237,14 +240,15 @@ def equity(p: np.ndarray, acct: np.ndarray, mid: float) -> float:
 
 
 def close_pnl(p: np.ndarray, acct: np.ndarray, best_bid: float, best_ask: float,
-              taker_fee: float) -> tuple[float, float]:
+              taker_fee: float, fee_qty: bool = False) -> tuple[float, float]:
     """(PnL after closing the position at the touch with the taker fee, the closing fee), as
-    the replay closes an episode."""
+    the replay closes an episode whose position the touch absorbs (``fee_qty``: the fee is per
+    unit traded, else a fraction of the value)."""
     q = acct[ACCT_POSITION]
     if abs(q) < 0.5 * p[LP_LOT]:
         q = 0.0
     px = best_bid if q > 0 else (best_ask if q < 0 else 0.5 * (best_bid + best_ask))
     inverse = p[LP_INVERSE] > 0.5
-    fee = taker_fee * float(_amount(inverse, p[LP_CONTRACT], px, abs(q)))
+    fee = taker_fee * (abs(q) if fee_qty else float(_amount(inverse, p[LP_CONTRACT], px, abs(q))))
     pnl = float(_equity(inverse, p[LP_CONTRACT], acct[ACCT_CASH], q, acct[ACCT_FEE], px)) - fee
     return pnl, fee
