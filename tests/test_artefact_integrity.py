@@ -15,6 +15,7 @@ import yaml
 from cmm.errors import CorruptArtefactError
 from cmm.io import file_sha256, sha256_file
 from cmm.pipeline.stages import Display, StageRunner, Timings, read_marker
+from test_pipeline import TINY_DATA, TINY_RUN
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -233,34 +234,8 @@ def test_marker_without_checksums_is_trusted(tmp_path):
 
 
 # ------------------------------------------------------------------------------ cmm run
-
-TINY_DATA = {
-    "name": "tiny-btcusdt", "format": "binance",
-    "instrument": {"tick_size": 0.1, "lot_size": 0.001, "contract_size": 1.0, "inverse": False,
-                   "maker_fee": 0.0002, "taker_fee": 0.0005},
-    "grid": {"dt_ms": 100, "levels": 10},
-}
-
-# As tests/test_pipeline.py: small everywhere, latencies fixed so that a stage redone gives
-# the same numbers.
-TINY_RUN = {
-    "name": "tiny",
-    "seeds": [0],
-    "data": {"features": {"window": 16, "horizon": 5, "vol_window": 300}},
-    "teacher": {"backbone": {"name": "tiny-random-llama", "tiny_layers": 3}, "patch_len": 4,
-                "patch_stride": 4, "epochs": 1, "threads": 1, "max_train_seconds": 0,
-                "latency_repeats": 5, "latency_warmup": 1, "max_eval_windows": 128},
-    "probe": {"draws": 2, "windows_per_regime": 16},
-    "distill": {"expert": {"hidden": 8, "z_dim": 4}, "train": {"epochs": 3, "patience": 2},
-                "executor": "serial", "min_validation_samples": 40,
-                "baselines": ["kd", "truth"], "ablations": ["no_task"]},
-    "moe": {"epochs": 5, "kernel_hidden": 4, "latency_repeats": 1000, "latency_warmup": 10},
-    "ladder": {"min_side_notional": 500},
-    "backtest": {"episode_s": 10},
-    "policy_settings": {"teacher": {"latency_ns": 50_000_000}, "cmm": {"latency_ns": 200_000}},
-    "robustness": {"flash_crash": {"fall_s": 1.5, "hold_s": 1, "recover_s": 3,
-                                   "start_fraction": 0.2}},
-}
+# On the tiny run of tests/test_pipeline.py (TINY_DATA, TINY_RUN: latencies fixed, so that a
+# stage redone gives the same numbers).
 
 
 @pytest.fixture(scope="module")
