@@ -179,7 +179,7 @@ def test_goog_day_counts_trades_and_times(goog, goog_day):
         assert report.messages.get(name, 0) == counts[t], name
     assert "dropped_open" not in report.messages and "dropped_close" not in report.messages
 
-    k, s = kinds(events), sides(events)
+    k = kinds(events)
     is_trade = (day.type == 4) | (day.type == 5)
     assert (k == TRADE_EVENT).sum() == is_trade.sum() == counts[4] + counts[5]
     # The trades, in message order, at their exact prices and sizes; direction is the resting
