@@ -21,9 +21,9 @@ BASELINES = ["teacher", "kd", "truth", "fixed", "as", "ridge", "lgbm", "oracle"]
 SEED_INDEPENDENT = ["fixed", "as", "ridge", "lgbm", "oracle"]
 
 
-def _pd(low: float, high: float, n: int = 12) -> dict:
-    p = PairedDifference(mean=(low + high) / 2, low=low, high=high, p_value=0.5, n=n, se=0.1,
-                         min_detectable=0.28, block=1)
+def _pd(low: float, high: float, n: int = 12, p_value: float = 0.01) -> dict:
+    p = PairedDifference(mean=(low + high) / 2, low=low, high=high, p_value=p_value, n=n,
+                         se=0.1, min_detectable=0.28, block=1)
     return {**p.to_dict(), "a_label": "CMM", "b_label": "fixed spread"}
 
 
@@ -38,6 +38,9 @@ def test_sentence_says_better_or_worse_only_where_the_interval_excludes_zero():
     assert text == ("CMM and fixed spread are not distinguishable with 7 episodes (Δ 0.1 "
                     "[-0.2, 0.4]; minimum detectable difference 0.28)")
     assert "better" not in text and "worse" not in text
+    # an interval that excludes 0 while the Wilcoxon test does not reject (few episodes)
+    assert verdict_clause(_pd(0.1, 0.5, n=6, p_value=0.31)).startswith(
+        "CMM and fixed spread are not distinguishable with 6 episodes")
     # an interval touching 0 is not "better"
     assert "not distinguishable with 12 episodes" in verdict_clause(_pd(0.0, 0.4))
     sentence = paired_sentence([_pd(0.1, 0.5), {**_pd(-0.2, 0.4), "b_label": "teacher LLM"}])
@@ -78,7 +81,9 @@ def test_pairing_matches_episodes_per_seed_and_reuses_a_seed_independent_replay(
     assert got["verdict"] == "better"  # every difference is > 0
     # the other way round: flipped, and a subset of episodes
     back = compare(fixed, cmm, episodes=[0, 1])
-    assert back["n"] == 4 and back["verdict"] == "worse"
+    # every difference < 0, but 4 episodes cannot reject at 5 % (exact Wilcoxon p = 2/16)
+    assert back["n"] == 4 and back["high"] < 0
+    assert back["verdict"] == "not distinguishable with 4 episodes"
     # matched by session and episode, not by position
     other = PolicyResult("x", "x", [_frame([5, 6], sessions=[0, 0], episodes=[3, 0])],
                          latency_ms=[0.0], seeds=[0])

@@ -69,3 +69,12 @@ def test_bad_input_is_located():
         paired_difference([1.0], [0.0])
     with pytest.raises(InputError, match="non-finite"):
         paired_difference([1.0, np.nan], [0.0, 0.0])
+
+
+def test_few_episodes_need_the_wilcoxon_test_to_agree_with_the_interval():
+    # 6 episodes, 5 small gains and one loss: the percentile bootstrap of the mean excludes 0,
+    # but the exact Wilcoxon p (0.16 here) does not reject: no verdict
+    d = np.array([0.4, 0.5, 0.6, 0.45, 0.55, -0.3])
+    r = paired_difference(d, np.zeros(6))
+    assert r.low > 0 and r.p_value > 0.05
+    assert r.verdict == "not distinguishable with 6 episodes"

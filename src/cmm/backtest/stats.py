@@ -16,8 +16,11 @@ against a baseline, an ablation against CMM) :func:`paired_difference` gives
   bootstrap standard error, the smallest true mean difference the comparison would find with
   probability ``power`` (80 %) at level ``alpha`` (5 %): what "not distinguishable" means in
   numbers;
-- a verdict, "better" / "worse" only where the interval excludes 0, else "not distinguishable
-  with N episodes".
+- a verdict, "better" / "worse" only where the interval excludes 0 *and* the Wilcoxon test
+  rejects "no difference" at ``alpha``, else "not distinguishable with N episodes". Both,
+  because with a handful of episodes the percentile bootstrap is too narrow (it ignores that
+  the spread itself is estimated from N values): with 6 episodes an interval can exclude 0 while
+  the exact Wilcoxon p is 0.3.
 """
 
 from __future__ import annotations
@@ -49,12 +52,14 @@ class PairedDifference:
     se: float  # bootstrap standard error of the mean difference
     min_detectable: float
     block: int
+    alpha: float = ALPHA
 
     @property
     def verdict(self) -> str:
-        if self.low > 0:
+        tested = self.p_value is not None and self.p_value < self.alpha
+        if tested and self.low > 0:
             return "better"
-        if self.high < 0:
+        if tested and self.high < 0:
             return "worse"
         return f"not distinguishable with {self.n} episodes"
 
@@ -109,4 +114,5 @@ def paired_difference(a, b, strata=None, *, block: int = 1, n_boot: int = N_BOOT
     p = float(stats.wilcoxon(nonzero).pvalue) if len(nonzero) else None
     mde = (stats.norm.ppf(1 - alpha / 2) + stats.norm.ppf(power)) * se
     return PairedDifference(mean=float(d.mean()), low=float(low), high=float(high), p_value=p,
-                            n=len(d), se=se, min_detectable=float(mde), block=int(block))
+                            n=len(d), se=se, min_detectable=float(mde), block=int(block),
+                            alpha=float(alpha))

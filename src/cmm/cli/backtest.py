@@ -125,8 +125,8 @@ def metrics_table(runs: list[dict], baseline: str | None = None) -> Table:
                + "; oracle = perfect-forecast ladder, not a competitor")
     if paired:
         caption += (f"; Δ = policy - {baseline} per episode (matched by session and episode), "
-                    "mean [95 % bootstrap interval]; Wilcoxon signed-rank p; indistinct = the "
-                    "interval holds 0")
+                    "mean [95 % bootstrap interval]; Wilcoxon signed-rank p; better/worse only "
+                    "where the interval excludes 0 and p < 0.05, else indistinct")
     table = Table(title=f"{first['dataset']} | {first['split']} | {first['episodes']} episodes",
                   caption=caption)
     table.add_column("metric", no_wrap=True)

@@ -59,10 +59,11 @@ def _interval(p: dict) -> str:
 
 
 def verdict_clause(p: dict) -> str:
-    """One comparison in words, from its interval only (``p``: :func:`cmm.report.tables.compare`
-    or ``PairedDifference.to_dict()`` with ``a_label``, ``b_label``): "better" / "worse" only
-    where the 95 % interval of ``a - b`` excludes 0, else "not distinguishable with N
-    episodes", with the minimum detectable difference."""
+    """One comparison in words (``p``: :func:`cmm.report.tables.compare` or
+    ``PairedDifference.to_dict()`` with ``a_label``, ``b_label``): "better" / "worse" only where
+    the 95 % interval of ``a - b`` excludes 0 and the Wilcoxon test agrees (the verdict of
+    :class:`cmm.backtest.stats.PairedDifference`), else "not distinguishable with N episodes",
+    with the minimum detectable difference."""
     a, b = p.get("a_label", "a"), p.get("b_label", "b")
     delta = f"Δ {_num(p['mean'], 3)} {_interval(p)}"
     verdict = p.get("verdict") or ("better" if p["low"] > 0 else "worse" if p["high"] < 0
