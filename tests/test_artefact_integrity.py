@@ -15,7 +15,7 @@ import yaml
 from cmm.errors import CorruptArtefactError
 from cmm.io import file_sha256, sha256_file
 from cmm.pipeline.stages import Display, StageRunner, Timings, read_marker
-from test_pipeline import TINY_DATA, TINY_RUN
+from test_pipeline import TINY_DATA, TINY_RUN, _assert_same
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -276,21 +276,6 @@ def _stages(run_dir: Path) -> dict[str, bool]:
 
 def _tables(run_dir: Path) -> dict:
     return json.loads((run_dir / "report" / "tables.json").read_text())["tables"]
-
-
-def _assert_same(a, b, where="tables"):
-    if isinstance(a, dict):
-        assert isinstance(b, dict) and a.keys() == b.keys(), where
-        for k in a:
-            _assert_same(a[k], b[k], f"{where}.{k}")
-    elif isinstance(a, list):
-        assert isinstance(b, list) and len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b, strict=True)):
-            _assert_same(x, y, f"{where}[{i}]")
-    elif isinstance(a, float) and isinstance(b, float):
-        assert a == pytest.approx(b, rel=1e-9, abs=1e-12), where
-    else:
-        assert a == b, where
 
 
 def _redone(run_dir: Path, report_before: str) -> set[str]:
