@@ -272,3 +272,19 @@ def test_tables_pair_seeds_with_one_replay_and_add_the_base_tier(tmp_path):
     assert base["cmm"]["EPnL"]["mean"] == 3.5 and base["fixed"]["EPnL"]["mean"] == 9.0
     (pb,) = t["paired"]["main_base"]
     assert pb["mean"] == -5.5 and pb["verdict"] == "worse"
+
+
+def test_prediction_sentence_names_models_below_the_train_mean():
+    from cmm.report.render import _below_train_mean
+
+    def row(model, label, **r2):
+        return {"model": model, "label": label,
+                **{f"r2_{k}": {"mean": v} for k, v in r2.items()}}
+
+    rows = [row("teacher", "teacher LLM", mid=-0.02, spread=0.3, volume=-0.5),
+            row("train-mean", "train mean", mid=-0.01, spread=-0.06, volume=-0.4),
+            row("ridge", "ridge (hand features)", mid=0.01, spread=0.4, volume=0.1)]
+    assert _below_train_mean(rows) == ("; below the train mean's R² (worse than a constant): "
+                                       "mid: teacher LLM; volume: teacher LLM")
+    assert _below_train_mean(rows[1:]) == "; every model beats the train mean on every target"
+    assert _below_train_mean(rows[:1]) == ""  # no train-mean row: nothing to say

@@ -496,6 +496,7 @@ def _prediction_blocks(rows: list[dict]) -> list[Block]:
     text = "Highest test R² per target: " + "; ".join(parts)
     if f1:
         text += f"; best up/flat/down macro-F1 of the mid: {f1[1]} ({_num(f1[0], 3)})"
+    text += _below_train_mean(rows)
     B = [Block("h3", "Prediction quality (test split)"),
          Block("table", "R² per target on the test split, and the mid's direction in three "
                         "classes (up / flat / down beyond a quarter tick), mean ± std over "
@@ -506,6 +507,27 @@ def _prediction_blocks(rows: list[dict]) -> list[Block]:
         B.append(Block("p", text + " (from the numbers only; these are not tested for "
                                    "significance)."))
     return B
+
+
+def _below_train_mean(rows: list[dict]) -> str:
+    """A clause naming, per target, the models whose test R² is below the training mean's: they
+    predict worse than a constant (the split is chronological, so the mean can drift)."""
+    base = next((r for r in rows if r.get("model") == "train-mean"), None)
+    if base is None:
+        return ""
+    parts = []
+    for k in TASKS:
+        ref = (base.get(f"r2_{k}") or {}).get("mean")
+        if ref is None:
+            continue
+        under = [r["label"] for r in rows if r is not base
+                 and (r.get(f"r2_{k}") or {}).get("mean") is not None
+                 and r[f"r2_{k}"]["mean"] < ref]
+        if under:
+            parts.append(f"{k}: {', '.join(under)}")
+    if not parts:
+        return "; every model beats the train mean on every target"
+    return "; below the train mean's R² (worse than a constant): " + "; ".join(parts)
 
 
 def _rl_gap_blocks(rows: list[dict]) -> list[Block]:
