@@ -60,7 +60,9 @@ def test_check_env_passes(train_market, kind):
     env = MarketMakingEnv(train_market, actions, mode="random")
     check_env(env, skip_render_check=True)
     obs, _ = env.reset(seed=3)
-    assert obs.shape == (2 * 27 + 2,) and obs[-2] == 0.0 and 0.0 < obs[-1] <= 1.0
+    n_features = 2 * 10 + 8  # the dataset's 10 levels a side: 2L + 8 step features
+    assert train_market.obs.shape[1] == 2 * n_features
+    assert obs.shape == (2 * n_features + 2,) and obs[-2] == 0.0 and 0.0 < obs[-1] <= 1.0
 
 
 def test_plan_mode_plays_the_backtests_episodes(ds):

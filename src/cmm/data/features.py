@@ -19,7 +19,8 @@ def feature_names(levels: int) -> list[str]:
         ["mid_ret_bps", "spread_ticks"]
         + [f"log_bid_sz_{i}" for i in range(levels)]
         + [f"log_ask_sz_{i}" for i in range(levels)]
-        + ["depth_imbalance", "ofi", "signed_volume", "total_volume", "realised_vol"]
+        + ["depth_imbalance", "ofi", "signed_volume", "total_volume", "realised_vol",
+           "trailing_volume_lots"]
     )
 
 
@@ -44,8 +45,16 @@ def mid_and_spread(steps: dict[str, np.ndarray], tick_size: float) -> tuple[np.n
     return (bid + ask) / 2.0, (ask - bid) / tick_size
 
 
-def step_features(steps: dict[str, np.ndarray], tick_size: float, cfg: FeatureConfig) -> np.ndarray:
-    """(n_steps, 2L + 7) float64 features of one session's valid, contiguous steps."""
+def step_features(steps: dict[str, np.ndarray], tick_size: float, cfg: FeatureConfig,
+                  lot_size: float = 1.0) -> np.ndarray:
+    """(n_steps, 2L + 8) float64 features of one session's valid, contiguous steps.
+
+    The last, ``trailing_volume_lots``, is the volume target's own value over the ``H`` steps
+    up to and including ``t``: log1p of the volume traded in them, in lots (fewer steps at a
+    session's start). A per-step log1p(volume) cannot express it linearly (a log of sums is not
+    a sum of logs), and where most horizons see no trade (Bitstamp 2015 at 1 s: 78 %) it is the
+    recent level a volume forecast starts from (a calibrated mean of it over the window: test
+    R^2 0.045 there, where ridge on the other features got -0.001)."""
     mid, spread = mid_and_spread(steps, tick_size)
     log_mid = np.log(mid)
     ret = np.zeros_like(mid)
@@ -71,7 +80,15 @@ def step_features(steps: dict[str, np.ndarray], tick_size: float, cfg: FeatureCo
         np.sign(signed) * np.log1p(np.abs(signed)),
         np.log1p(buy + sell),
         np.nan_to_num(_trailing_std(ret, cfg.rv_window, 2)),
+        np.log1p(_trailing_sum((buy + sell) / lot_size, cfg.horizon)),
     ])
+
+
+def _trailing_sum(x: np.ndarray, window: int) -> np.ndarray:
+    """Sum over the last ``window`` values including the current one (fewer at the start)."""
+    c = np.concatenate([[0.0], np.cumsum(x)])
+    idx = np.arange(1, len(x) + 1)
+    return np.maximum(c[idx] - c[np.maximum(idx - window, 0)], 0.0)  # no -0 from rounding
 
 
 def sigma(mid: np.ndarray, cfg: FeatureConfig) -> np.ndarray:

@@ -48,7 +48,7 @@ from cmm.io import atomic_dir, default_cache_dir, sha256_file, stable_hash, writ
 from cmm.io import check_file, check_folder, folder_checksums, read_parquet, reading
 from cmm.io import file_lock, remove_stale_temporaries
 
-SCHEMA_VERSION = 2  # 2: volume target in lots
+SCHEMA_VERSION = 3  # 2: volume target in lots; 3: trailing_volume_lots feature
 SPLIT_IDS = {"train": 0, "validation": 1, "test": 2}
 log = logging.getLogger("cmm.data")
 
@@ -214,7 +214,7 @@ def build_session(events: np.ndarray, inst, config: DataConfig,
     ts = (start + (np.arange(n) + first_valid) * dt_ns).astype(np.int64)
     mid, spread = F.mid_and_spread(book, inst.tick_size)
     sig = F.sigma(mid, fcfg)
-    feats = F.step_features(book, inst.tick_size, fcfg)
+    feats = F.step_features(book, inst.tick_size, fcfg, inst.lot_size)
     # Decision points: a full window behind, the full horizon ahead, every step in both valid.
     t = np.arange(W - 1, n - H)
     if len(t):
