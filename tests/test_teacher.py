@@ -86,7 +86,7 @@ def test_hidden_states_and_forward_from_match_full_pass(dataset):
     assert torch.allclose(y, out.y, atol=1e-6)
     assert torch.allclose(out.hidden[:, 1], blocks[1][:, -1], atol=1e-6)  # pooling "last"
     for layer in range(model.num_blocks):
-        assert torch.allclose(model.forward_from(layer, blocks[layer]), y, atol=1e-5)
+        assert torch.allclose(model.forward_from(layer, blocks[layer], x), y, atol=1e-5)
     # forward_from restores the real blocks afterwards
     assert all(type(b).__name__ == "LlamaDecoderLayer" for b in model.blocks)
 

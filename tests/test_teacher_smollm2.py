@@ -63,6 +63,6 @@ def test_teacher_on_smollm2_exposes_30_blocks_and_replays(smollm2):
         blocks, y = model.block_outputs(x)
         assert out.hidden.shape == (2, 30, 576) and len(blocks) == 30
         for layer in (0, 14, 29):
-            assert torch.allclose(model.forward_from(layer, blocks[layer]), y, atol=1e-3)
+            assert torch.allclose(model.forward_from(layer, blocks[layer], x), y, atol=1e-3)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     assert trainable < 1_000_000  # adapter + heads only by default

@@ -386,12 +386,25 @@ class TeacherConfig(FrozenModel):
     # Linear-probe warm start before fine-tuning: ridge heads on the pooled final state of this
     # many training windows (evenly spaced); 0: random heads
     head_init_windows: int = Field(1024, ge=0)
-    finetune: Literal["none", "layernorm", "lora"] = "none"  # adapter + heads are always fitted
+    # The heads also read the window's level: each feature's last value and its means over the
+    # last ``level_spans`` steps (the ridge yardstick's inputs), through a linear skip warm-started
+    # by ridge on all training windows; the backbone's pooled state explains what is left. A
+    # chronological split moves the level (GOOG: wider spreads in the morning than in the
+    # afternoon test fifth) and an RMS-normed final state carries almost none of it (ridge on the
+    # pooled state alone: spread R^2 -0.72 on the GOOG day, against 0.32 on the level).
+    level_skip: bool = True
+    level_spans: tuple[PositiveInt, ...] = (5, 20, 64)
+    # Backbone depth: the first ``depth`` blocks (GPT4TS used 6 of GPT-2's 12); 0: all of them
+    depth: int = Field(0, ge=0)
+    finetune: Literal["none", "layernorm", "lora", "layernorm+lora"] = "none"  # adapter + heads
+    # are always fitted; "layernorm+lora": both the norms and LoRA adapters
     lora_rank: PositiveInt = 8
     lora_alpha: PositiveFloat = 16.0
     lora_targets: tuple[str, ...] = ("q_proj", "v_proj")
-    # training
+    # training: the budget is in epochs and optimizer steps, with early stopping on validation;
+    # max_train_seconds is a safety cap that the run reports when it binds
     epochs: PositiveInt = 2
+    max_steps: int = Field(0, ge=0)  # 0: epochs decide; else at most this many optimizer steps
     batch_size: PositiveInt = 32
     lr: PositiveFloat = 3e-4  # small: fine-tuning starts from the linear-probe heads
     weight_decay: float = Field(0.01, ge=0.0)
@@ -404,8 +417,17 @@ class TeacherConfig(FrozenModel):
     max_eval_windows: int = Field(512, ge=0)  # validation windows per early-stopping check; 0 all
     task_weights: tuple[float, float, float] = (1.0, 1.0, 1.0)  # mid, spread, volume
     seed: int = 0
+    # Teachers apart from student seeds: None fits one teacher per run seed (seeded with it);
+    # a list fits one teacher per entry and run seed i distils teacher seeds[i % len(seeds)]
+    # (on CPU the paper run fits one teacher per market and three student seeds).
+    seeds: tuple[int, ...] | None = None
     threads: int = Field(0, ge=0)  # torch threads; 0: all cores
-    device: Literal["cpu", "cuda"] = "cpu"
+    # auto: CUDA when torch sees a GPU (bf16 autocast), else the CPU; same code path, same files
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    # bf16 autocast of the backbone (the heads and the level skip stay fp32). auto: on CUDA, and
+    # on CPUs with native bf16 (AMX / AVX512-BF16: 2-3x the fp32 training and feature rates of
+    # SmolLM2 on 2 cores here); fp32 elsewhere
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
     # evaluation / export
     ridge_alpha: PositiveFloat = 1.0  # baseline ridge on flattened windows (chosen on validation)
     ridge_alphas: tuple[float, ...] = (0.1, 1.0, 10.0, 100.0, 1000.0)
@@ -427,6 +449,9 @@ class ProbeConfig(FrozenModel):
     # split often holds few windows of some regime
     splits: tuple[Literal["train", "validation"], ...] = ("train", "validation")
     batch_size: PositiveInt = 128
+    # bootstrap resamples of the reference windows (within regimes) for the stability of the
+    # layer-to-task assignment: the share of resamples that give the same assignment
+    bootstrap: PositiveInt = 200
     seed: int = 0
 
 

@@ -51,6 +51,11 @@ def default_cache_dir() -> Path:
     return Path(env).expanduser().resolve() if env else user_cache_dir()
 
 
+# A stage's own checkpoints inside its folder (the teacher fit's): the stage runner keeps this
+# subfolder when it redoes an unfinished stage; the stage checks them and removes them when done.
+RESUME_DIR = "resume"
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``target``; on success rename it over ``target``.

@@ -28,7 +28,8 @@ DatasetOpt = Annotated[str, typer.Option(
     help="A registered dataset name (see `cmm data list`) or the path of a dataset YAML spec.")]
 RunOpt = Annotated[Path | None, typer.Option(
     help="Run folder for the artefacts (default runs/<dataset>).")]
-DeviceOpt = Annotated[str, typer.Option(help="cpu or cuda (when torch sees a GPU).")]
+DeviceOpt = Annotated[str, typer.Option(
+    help="auto (the GPU when torch sees one, else the CPU), cpu or cuda.")]
 ConfigOpt = Annotated[Path | None, typer.Option(
     help="YAML with TeacherConfig fields (unknown keys are rejected).")]
 
@@ -95,10 +96,11 @@ def fit(
         help="pretrained, or random: same architecture with fresh weights (the control).")
     ] = None,
     finetune: Annotated[str | None, typer.Option(
-        help="none (adapter + heads), layernorm, or lora (peft).")] = None,
+        help="none (adapter, level skip and heads), layernorm, lora (peft) or "
+        "layernorm+lora.")] = None,
     epochs: Annotated[int | None, typer.Option(help="Overrides the config.")] = None,
     threads: Annotated[int | None, typer.Option(help="Torch threads (0: all cores).")] = None,
-    device: DeviceOpt = "cpu",
+    device: DeviceOpt = "auto",
     control: Annotated[bool, typer.Option(
         help="Also fit the random-init control and write comparison.md.")] = False,
 ) -> None:
@@ -142,13 +144,13 @@ def features(
     run: RunOpt = None,
     teacher: Annotated[Path | None, typer.Option(
         help="Fitted teacher folder (default <run>/teacher).")] = None,
-    device: DeviceOpt = "cpu",
+    device: DeviceOpt = "auto",
     batch_size: Annotated[int, typer.Option(help="Windows per forward pass.")] = 256,
 ) -> None:
     """Cache the pooled output of every block (float16) and the teacher's predictions for every
     window of every split, in <teacher>/features/."""
     from cmm.teacher.features import extract_features
-    from cmm.teacher.fit import resolve_device
+    from cmm.teacher.device import resolve_device
     from cmm.teacher.store import load_teacher
 
     ds = _dataset(dataset)
@@ -174,13 +176,13 @@ def probe(
         help="YAML with ProbeConfig fields (unknown keys are rejected).")] = None,
     windows_per_regime: Annotated[int | None, typer.Option(
         help="Reference windows per volatility regime (overrides the config).")] = None,
-    device: DeviceOpt = "cpu",
+    device: DeviceOpt = "auto",
 ) -> None:
     """The normalized fluorescent probe: which blocks of the teacher carry which task;
     probe.json (maps, groups, assignment) and probe.png (one panel per regime)."""
     from cmm.config import ProbeConfig, load_yaml_model
     from cmm.probe.pipeline import run_probe
-    from cmm.teacher.fit import resolve_device
+    from cmm.teacher.device import resolve_device
 
     cfg = load_yaml_model(ProbeConfig, config) if config else ProbeConfig()
     if windows_per_regime is not None:

@@ -46,7 +46,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from cmm.io import check_folder, folder_checksums, stable_hash, write_json
+from cmm.io import RESUME_DIR, check_folder, folder_checksums, stable_hash, write_json
 
 MARKER = "stage.json"
 SCHEMA_VERSION = 1
@@ -315,9 +315,7 @@ class StageRunner:
             log.info("stale %s: key %s, want %s; redoing it", stage_id, marker.get("key"), key)
         elif folder.exists():
             log.info("incomplete %s (no %s); redoing it", stage_id, MARKER)
-        if folder.exists():
-            shutil.rmtree(folder)
-        folder.mkdir(parents=True)
+        _clear_keeping_resume(folder)
         est = estimate if estimate is not None else self.timings.estimate(kind, scope)
         if marker is not None and marker.get("seconds"):
             est = float(marker["seconds"])
@@ -345,6 +343,20 @@ class StageRunner:
         for k in (result.key, *provides):
             self._by_key[k] = (stage_id, result)
         return result
+
+
+def _clear_keeping_resume(folder: Path) -> None:
+    """Empty ``folder`` for a fresh run of its stage, except its ``resume/`` checkpoints, which
+    the stage checks against its own settings before using (and removes when it finishes)."""
+    keep = folder / RESUME_DIR
+    aside = folder.parent / f".{folder.name}.{RESUME_DIR}-{os.getpid()}"
+    if keep.is_dir():
+        keep.rename(aside)
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    if aside.is_dir():
+        aside.rename(keep)
 
 
 def _hold(stage_id: str) -> None:

@@ -7,7 +7,11 @@ The adapter follows GPT4TS (Zhou et al., 2023): the window is cut into patches a
 patch is flattened and mapped by one linear layer to the backbone's width, and the sequence of
 patch vectors goes into the backbone as ``inputs_embeds`` (no tokenizer). Heads read the mean
 (or last) over positions of the backbone's final hidden state (after its final norm) and predict
-the standardised targets; ``predict`` returns them in the data's units.
+the standardised targets; ``predict`` returns them in the data's units. With ``level_skip`` a
+linear skip from the window's level (each feature's last value and trailing means, the ridge
+yardstick's inputs) is added to the heads: the backbone explains what the level does not.
+The backbone runs under bf16 autocast where ``cmm.teacher.device`` says it helps; the read-out
+stays fp32.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from torch import nn
 from cmm.config import TeacherConfig
 from cmm.errors import InputError
 from cmm.teacher.backbone import Backbone
+from cmm.teacher.device import autocast
 
 TASKS = ("mid", "spread", "volume")
 
@@ -53,6 +58,15 @@ class PatchAdapter(nn.Module):
         patches = x.unfold(1, self.patch_len, self.stride)  # (B, P, F, patch_len)
         patches = patches.transpose(2, 3).reshape(x.shape[0], self.num_patches, -1)
         return self.proj(patches)  # (B, P, d)
+
+
+def window_level(x: torch.Tensor, spans: tuple[int, ...]) -> torch.Tensor:
+    """(B, W, F) -> (B, (1 + len(spans)) F): the last step's features, then their means over the
+    last ``min(k, W)`` steps for each ``k`` in ``spans``; the torch twin of
+    ``cmm.yardsticks.summary_features`` (same order, tested equal)."""
+    W = x.shape[1]
+    parts = [x[:, -1]] + [x[:, W - min(int(k), W):].mean(dim=1) for k in spans]
+    return torch.cat(parts, dim=-1)
 
 
 def _make_head(width: int, hidden: int) -> nn.Module:
@@ -95,6 +109,16 @@ class TeacherModel(nn.Module):
         self.adapter = PatchAdapter(window, n_features, config.patch_len, config.patch_stride,
                                     backbone.width, embed_rms)
         self.heads = nn.ModuleList(_make_head(backbone.width, config.head_hidden) for _ in TASKS)
+        self.level_head = None
+        if config.level_skip:
+            # Set once by the fit's ridge (the closed-form least squares on every training
+            # window, its penalty chosen on validation; zero until then) and held fixed:
+            # mini-batch steps on it only walk away from that optimum (on the GOOG day they
+            # raised the validation loss at every learning rate tried).
+            self.level_head = nn.Linear((1 + len(config.level_spans)) * n_features, len(TASKS))
+            nn.init.zeros_(self.level_head.weight)
+            nn.init.zeros_(self.level_head.bias)
+            self.level_head.requires_grad_(False)
         mean = torch.zeros(len(TASKS)) if target_mean is None else torch.as_tensor(target_mean)
         std = torch.ones(len(TASKS)) if target_std is None else torch.as_tensor(target_std)
         self.register_buffer("target_mean", mean.float().clone())
@@ -127,13 +151,31 @@ class TeacherModel(nn.Module):
         """What the heads read: the pooled final state, standardised per dimension."""
         return (self._pool(last) - self.feat_mean) / self.feat_std
 
-    def _read_out(self, last: torch.Tensor) -> torch.Tensor:  # (B, P, d) -> (B, 3)
-        pooled = self.pooled_final(last)
-        return torch.cat([head(pooled) for head in self.heads], dim=-1)
+    def level(self, x: torch.Tensor) -> torch.Tensor:  # (B, W, F) -> (B, (1 + S) F)
+        return window_level(x, self.config.level_spans)
+
+    def _read_out(self, last: torch.Tensor, x: torch.Tensor | None) -> torch.Tensor:
+        """(B, P, d) final state [+ (B, W, F) windows for the level skip] -> (B, 3), in fp32."""
+        with torch.autocast(device_type=last.device.type, enabled=False):
+            pooled = self.pooled_final(last.float())
+            y = torch.cat([head(pooled) for head in self.heads], dim=-1)
+            if self.level_head is not None:
+                if x is None:
+                    raise InputError("this teacher's heads read the window's level too",
+                                     field="x", expected="the (B, W, F) windows", got=None)
+                y = y + self.level_head(self.level(x.float()))
+        return y
+
+    def _autocast(self):
+        return autocast(self.config.precision, self.adapter.proj.weight.device)
+
+    def _body(self, embeds: torch.Tensor) -> torch.Tensor:
+        with self._autocast():
+            return self.body(inputs_embeds=embeds, use_cache=False).last_hidden_state
 
     def final_state(self, x: torch.Tensor) -> torch.Tensor:
         """The backbone's final hidden state (B, P, d) for windows x."""
-        return self.body(inputs_embeds=self.adapter(x), use_cache=False).last_hidden_state
+        return self._body(self.adapter(x))
 
     @contextlib.contextmanager
     def record_blocks(self) -> Iterator[list[torch.Tensor]]:
@@ -156,36 +198,37 @@ class TeacherModel(nn.Module):
     def forward(self, x: torch.Tensor, hidden: bool = False) -> TeacherOutput:
         embeds = self.adapter(x)  # (B, P, d)
         if not hidden:
-            last = self.body(inputs_embeds=embeds, use_cache=False).last_hidden_state
-            return TeacherOutput(self._read_out(last))
+            return TeacherOutput(self._read_out(self._body(embeds), x))
         with self.record_blocks() as blocks:
-            last = self.body(inputs_embeds=embeds, use_cache=False).last_hidden_state
+            last = self._body(embeds)
         pooled = torch.stack([self._pool(h) for h in blocks], dim=1)  # (B, L, d)
-        return TeacherOutput(self._read_out(last), pooled)
+        return TeacherOutput(self._read_out(last, x), pooled)
 
     def block_outputs(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Every block's output tokens [(B, P, d)] * L and the standardised predictions (B, 3)."""
         with self.record_blocks() as blocks:
-            last = self.body(inputs_embeds=self.adapter(x), use_cache=False).last_hidden_state
-        return list(blocks), self._read_out(last)
+            last = self._body(self.adapter(x))
+        return list(blocks), self._read_out(last, x)
 
-    def forward_from(self, block: int, h: torch.Tensor) -> torch.Tensor:
+    def forward_from(self, block: int, h: torch.Tensor, x: torch.Tensor | None = None
+                     ) -> torch.Tensor:
         """Predictions (B, 3) when block ``block`` outputs ``h`` (B, P, d): the blocks before
         and at ``block`` are skipped (replayed), the rest run as usual. What the probe uses to
-        perturb one block without recomputing the ones below it."""
+        perturb one block without recomputing the ones below it. ``x``: the windows of the same
+        rows, for the level skip (which no block changes)."""
         if self._block_returns_tuple is None:
             with torch.no_grad(), self.record_blocks():
-                self.body(inputs_embeds=h[:1], use_cache=False)
+                self._body(h[:1])
         saved = [self.blocks[i] for i in range(block + 1)]
         try:
             for i in range(block):
                 self.blocks[i] = _Replay(None, self._block_returns_tuple)
             self.blocks[block] = _Replay(h, self._block_returns_tuple)
-            last = self.body(inputs_embeds=torch.zeros_like(h), use_cache=False).last_hidden_state
+            last = self._body(torch.zeros_like(h))
         finally:
             for i, module in enumerate(saved):
                 self.blocks[i] = module
-        return self._read_out(last)
+        return self._read_out(last, x)
 
     def to_units(self, y: torch.Tensor) -> torch.Tensor:
         """Standardised predictions -> the data's units (bps, ticks, log1p volume)."""
@@ -208,7 +251,8 @@ class TeacherModel(nn.Module):
         names = {n for n, p in self.named_parameters() if p.requires_grad}
         state = self.state_dict()
         return {k: v.detach().clone() for k, v in state.items()
-                if k in names or k.startswith(("adapter.", "heads.", "target_", "feat_"))}
+                if k in names or k.startswith(("adapter.", "heads.", "level_head.", "target_",
+                                               "feat_"))}
 
 
 def _is_norm(module: nn.Module) -> bool:
@@ -219,11 +263,14 @@ def _is_norm(module: nn.Module) -> bool:
 def build_teacher(backbone: Backbone, window: int, n_features: int, config: TeacherConfig,
                   target_mean=None, target_std=None) -> TeacherModel:
     """A teacher whose trainable parameters are set by ``config.finetune``: the adapter and
-    heads always; plus the backbone's norm layers (``layernorm``) or LoRA adapters injected
-    with peft into ``config.lora_targets`` (``lora``). The rest of the backbone is frozen."""
+    heads always; plus the backbone's norm layers (``layernorm``), LoRA adapters injected
+    with peft into ``config.lora_targets`` (``lora``), or both (``layernorm+lora``). The rest of
+    the backbone is frozen. ``config.depth`` keeps the first blocks only."""
     for p in backbone.lm.parameters():
         p.requires_grad_(False)
-    if config.finetune == "lora":
+    if config.depth:
+        _truncate(backbone, config.depth)
+    if config.finetune in ("lora", "layernorm+lora"):
         try:
             from peft import LoraConfig, inject_adapter_in_model
         except ImportError:  # pragma: no cover - peft is a dependency
@@ -240,10 +287,20 @@ def build_teacher(backbone: Backbone, window: int, n_features: int, config: Teac
                              got=list(config.lora_targets)) from None
         for name, p in backbone.body.named_parameters():
             p.requires_grad_("lora_" in name)
-    elif config.finetune == "layernorm":
+    if config.finetune in ("layernorm", "layernorm+lora"):
         for module in backbone.body.modules():
             if _is_norm(module):
                 for p in module.parameters(recurse=False):
                     p.requires_grad_(True)
     model = TeacherModel(backbone, window, n_features, config, target_mean, target_std)
     return model
+
+
+def _truncate(backbone: Backbone, depth: int) -> None:
+    """Keep the first ``depth`` blocks (the final norm stays): GPT4TS's shallow backbone."""
+    if depth > len(backbone.blocks):
+        raise InputError("backbone depth beyond its blocks", field="teacher.depth",
+                         expected=f"<= {len(backbone.blocks)} (0: all)", got=depth)
+    del backbone.blocks[depth:]
+    # transformers' Llama loops over layers[:num_hidden_layers]; describe() reports the depth
+    backbone.lm.config.num_hidden_layers = depth

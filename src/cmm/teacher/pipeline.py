@@ -6,11 +6,12 @@ checks its inputs and can rerun alone.
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 
 from cmm.config import TeacherConfig
-from cmm.io import atomic_path, write_json
+from cmm.io import RESUME_DIR, atomic_path, write_json
 from cmm.teacher.data import TeacherDataset
 from cmm.teacher.evaluate import baseline_predictions, evaluate_teacher, metrics_table
 from cmm.teacher.fit import ProgressFn, _noop, fit_teacher, peak_memory_mib
@@ -30,7 +31,10 @@ def run_fit(dataset: TeacherDataset, config: TeacherConfig, out_dir: str | Path,
     Returns the metrics report (also written to ``metrics.json``)."""
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
-    result = fit_teacher(dataset, config, on_progress)
+    # resume/ survives a killed stage (the stage runner keeps it); gone once the fit is done
+    resume = out_dir / RESUME_DIR
+    result = fit_teacher(dataset, config, on_progress, checkpoint_dir=resume)
+    shutil.rmtree(resume, ignore_errors=True)
     model = result.model
     meta = {
         "data": {"name": dataset.name, "cache_key": dataset.cache_key,
@@ -39,6 +43,9 @@ def run_fit(dataset: TeacherDataset, config: TeacherConfig, out_dir: str | Path,
                  "horizon": int(dataset.config.features.horizon)},
         "fit": {"seconds": result.seconds, "stopped_by": result.stopped_by,
                 "best": result.best, "history": result.history, "threads": result.threads,
+                "steps": result.steps, "planned_steps": result.planned_steps,
+                "device": result.device, "precision": result.precision,
+                "resumed_from_step": result.resumed_from_step,
                 "head_init": result.head_init,
                 "train_windows": result.train_windows,
                 "trainable_parameters": result.trainable_parameters,

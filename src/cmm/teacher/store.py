@@ -25,6 +25,7 @@ from cmm.config import TeacherConfig
 from cmm.errors import InputError, StaleArtefactError  # noqa: F401 (re-exported)
 from cmm.io import atomic_path, load_safetensors, write_json
 from cmm.teacher.backbone import load_backbone
+from cmm.teacher.device import resolve_device
 from cmm.teacher.model import TeacherModel, build_teacher
 
 SCHEMA_VERSION = 1
@@ -71,8 +72,9 @@ def check_data(meta: dict, dataset, where: Path) -> None:
             "fit the teacher again with `cmm teacher fit`")
 
 
-def load_teacher(folder: str | Path, dataset=None, device: str = "cpu") -> TeacherModel:
-    """Rebuild a fitted teacher: its backbone from the backbone cache, then its fitted part."""
+def load_teacher(folder: str | Path, dataset=None, device: str = "auto") -> TeacherModel:
+    """Rebuild a fitted teacher: its backbone from the backbone cache, then its fitted part, on
+    ``device`` (``auto``: the GPU when there is one)."""
     folder = Path(folder)
     meta = read_meta(folder)
     if dataset is not None:
@@ -88,4 +90,4 @@ def load_teacher(folder: str | Path, dataset=None, device: str = "cpu") -> Teach
         raise StaleArtefactError(f"{folder / WEIGHTS_FILE}: missing fitted tensors {missing[:3]}; "
                                  "fit the teacher again")
     model.load_state_dict(state, strict=False)
-    return model.to(torch.device(device)).eval()
+    return model.to(resolve_device(device)).eval()
