@@ -4,6 +4,7 @@ on in a model built so that each task depends on one known block only."""
 from __future__ import annotations
 
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -119,16 +120,23 @@ def test_noise_scales_with_block_rms():
     assert np.all((ratio > 8) & (ratio < 12))
 
 
-def test_replay_and_hook_paths_give_the_same_map():
+@pytest.mark.parametrize("pooling", ["last", "mean"])
+def test_replay_and_hook_paths_give_the_same_map(pooling):
     dataset = synthetic_dataset(n=(32, 32, 32), window=16, n_features=4)
     cfg = TeacherConfig(backbone=BackboneConfig(name="tiny-random-llama", tiny_layers=4),
-                        patch_len=4, patch_stride=4)
+                        patch_len=4, patch_stride=4, pooling=pooling, level_skip=True)
     teacher = build_teacher(load_backbone(cfg.backbone), 16, 4, cfg)
+    # A non-zero level skip: the replay must be handed the windows of the same rows (x=), in
+    # the order of the noise draws, or its predictions differ from the full (hook) pass's.
+    with torch.no_grad():
+        g = torch.Generator().manual_seed(1)
+        teacher.level_head.weight.copy_(torch.randn(teacher.level_head.weight.shape, generator=g))
     x = dataset.windows("validation")
 
     class HooksOnly:  # the teacher without forward_from: the probe must fall back to hooks
         def __init__(self, model):
             self.blocks, self._m = model.blocks, model
+            self.config = model.config  # same pooling, so the same noise scale
 
         def block_outputs(self, x):
             return self._m.block_outputs(x)
@@ -138,6 +146,9 @@ def test_replay_and_hook_paths_give_the_same_map():
 
     a = FluorescentProbe(draws=2, batch_size=16).fit(teacher, x)
     b = FluorescentProbe(draws=2, batch_size=16).fit(HooksOnly(teacher), x)
+    assert a.scale_positions_ == b.scale_positions_ == {"last": "last",
+                                                         "mean": "all_but_first"}[pooling]
+    assert np.allclose(a.block_rms_, b.block_rms_, rtol=1e-6)
     assert np.allclose(a.response_, b.response_, rtol=1e-3, atol=1e-6)
     assert a.response_.shape == (4, 3) and np.all(a.response_ > 0)
 
@@ -156,16 +167,34 @@ def test_reference_indices_balanced_per_regime():
     assert [(regimes[idx] == r).sum() for r in range(3)] == [4, 3, 4]
 
 
-def test_probe_stage_writes_json_and_png(tmp_path):
+def test_probe_stage_writes_json_and_png(tmp_path, caplog):
     dataset = synthetic_dataset(n=(96, 48, 48), window=16, n_features=4)
     cfg = TeacherConfig(backbone=BackboneConfig(name="tiny-random-llama", tiny_layers=3),
                         patch_len=4, patch_stride=4, epochs=1, latency_repeats=2,
                         latency_warmup=1, threads=1, max_eval_windows=0)
     run_fit(dataset, cfg, tmp_path / "teacher")
-    result = run_probe(tmp_path / "teacher", dataset,
-                       ProbeConfig(windows_per_regime=8, draws=2), tmp_path / "probe")
+    with caplog.at_level(logging.WARNING, logger="cmm.probe.pipeline"):
+        result = run_probe(tmp_path / "teacher", dataset,
+                           ProbeConfig(windows_per_regime=8, draws=2, bootstrap=50),
+                           tmp_path / "probe")
     saved = json.loads((tmp_path / "probe" / "probe.json").read_text())
     assert saved["num_blocks"] == 3 and len(saved["all"]["map"]) == 3
+    regimes = np.concatenate([dataset.regimes(s) for s in ("train", "validation")])
+    expected_used = {name: min(8, int((regimes == r).sum()))
+                     for r, name in enumerate(("low", "mid", "high"))}
+    assert saved["windows_per_regime_used"] == expected_used
+    for name, count in expected_used.items():  # 8 < 16 windows: each regime is warned about
+        assert f"regime '{name}' has {count} reference windows" in caplog.text
+    assert saved["scale_positions"] == "last"  # the teacher's default pooling
+    assert 0.0 <= saved["all"]["stability"] <= 1.0
+    assert set(saved["all"]["task_stability"]) == {"mid", "spread", "volume"}
+    # the whole assignment cannot be more stable than its least stable task
+    assert saved["all"]["stability"] <= min(saved["all"]["task_stability"].values())
+    assert saved["stability"]["same_assignment"] == saved["all"]["stability"]
+    assert saved["stability"]["resamples"] == 50
+    assert saved["stability"]["resampled_within"] == "regimes"
+    for name, m in saved["regimes"].items():
+        assert saved["stability"]["per_regime"][name]["stability"] == m["stability"]
     assert saved["paper_pattern"]["applicable"] and "holds" in saved["paper_pattern"]
     assert saved["teacher"]["weights_sha256"] == result["teacher"]["weights_sha256"]
     png = (tmp_path / "probe" / "probe.png").read_bytes()

@@ -2,8 +2,9 @@
 output glows.
 
 For block ``l`` of ``L``, Gaussian noise ``N(0, (alpha * s_l)^2)`` is added to the block's output
-at every position, ``s_l`` being that block's output RMS on the reference batch; ``R`` draws are
-averaged. The response of task ``k`` is
+at every position, ``s_l`` being that block's output RMS on the reference batch, measured at the
+positions the subject's pooled state reads (see ``scale_positions``); ``R`` draws are averaged.
+The response of task ``k`` is
 
     D[l, k] = E_x |y_k(x; noise at l) - y_k(x)| / std_x(y_k)
 
@@ -14,17 +15,22 @@ the specialisation map. It is computed on all reference windows and per regime (
 expectation then run over that regime's windows). The ``L`` blocks are split into ``G``
 contiguous groups (``numpy.array_split``: shallow, middle, deep for G = 3); each task gets the
 group with the largest summed ``S``, distinct groups by the one-to-one assignment maximising
-the total when ``G >= K``.
+the total when ``G >= K``. The assignment's stability is a bootstrap of the reference windows
+within each regime, reusing the per-window ``|change|`` (no further forward passes).
 
 The subject is any model with ``blocks`` (a sequence of modules) and
 ``block_outputs(x) -> (list of (B, P, d) block outputs, (B, K) predictions)``. When it also has
 ``forward_from(l, h)`` (the teacher does), the perturbed pass restarts at block ``l`` from the
 cached clean output instead of recomputing the blocks below it; otherwise the noise is added by
-a forward hook on ``blocks[l]`` during a full pass. Both use the same noise draws.
+a forward hook on ``blocks[l]`` during a full pass. Both use the same noise draws. A
+``forward_from`` with a parameter ``x`` is given the windows of the same rows, because its
+read-out may add a term computed from the window itself (the teacher's level skip), which the
+clean predictions include too.
 """
 
 from __future__ import annotations
 
+import inspect
 import itertools
 from collections.abc import Callable
 
@@ -74,19 +80,51 @@ def assign_groups(spec: np.ndarray, groups: list[list[int]]) -> tuple[np.ndarray
     return scores, best
 
 
+def scale_positions(subject) -> str:
+    """Where ``s_l`` is measured: the positions the subject's pooled state reads. ``"last"``
+    for last-position pooling; ``"all_but_first"`` for mean pooling, because position 0 of a
+    causal LM such as SmolLM2 is an attention sink whose activations (~3e4) would dominate the
+    RMS and make the noise swamp what the pooled positions carry; ``"all"`` for a subject that
+    does not say how it pools (no ``config.pooling``)."""
+    pooling = getattr(getattr(subject, "config", None), "pooling", None)
+    return {"last": "last", "mean": "all_but_first"}.get(pooling, "all")
+
+
+def _scale_view(h: torch.Tensor, positions: str) -> torch.Tensor:
+    """The part of a (B, P, d) block output that ``s_l`` is measured on."""
+    if positions == "last":
+        return h[:, -1:]
+    if positions == "all_but_first" and h.shape[1] > 1:  # one position: nothing else to read
+        return h[:, 1:]
+    return h
+
+
+def _forward_from_takes_x(subject) -> bool:
+    fn = getattr(subject, "forward_from", None)
+    if fn is None:
+        return False
+    try:
+        return "x" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # a builtin or C callable without a signature
+        return False
+
+
 class FluorescentProbe:
-    """Estimator: ``fit(subject, windows, regimes)`` sets ``block_rms_`` (L,), ``response_``
-    (L, K), ``task_norm_`` (L, K), ``map_`` (L, K), ``groups_``, ``group_scores_`` (G, K),
-    ``assignment_`` ({task: group}), and the same per regime in ``regimes_``."""
+    """Estimator: ``fit(subject, windows, regimes)`` sets ``block_rms_`` (L,),
+    ``scale_positions_``, ``response_`` (L, K), ``task_norm_`` (L, K), ``map_`` (L, K),
+    ``groups_``, ``group_scores_`` (G, K), ``assignment_`` ({task: group}), the same per regime
+    in ``regimes_``, and the bootstrap stability in ``stability_``."""
 
     def __init__(self, alpha: float = 0.1, draws: int = 8, groups: int = 3,
-                 batch_size: int = 128, seed: int = 0, tasks: tuple[str, ...] = TASKS) -> None:
+                 batch_size: int = 128, seed: int = 0, tasks: tuple[str, ...] = TASKS,
+                 bootstrap: int = 200) -> None:
         self.alpha = alpha
         self.draws = draws
         self.groups = groups
         self.batch_size = batch_size
         self.seed = seed
         self.tasks = tuple(tasks)
+        self.bootstrap = bootstrap
 
     # -- the two passes ------------------------------------------------------------------------
     @torch.no_grad()
@@ -99,8 +137,11 @@ class FluorescentProbe:
                    noise: torch.Tensor) -> torch.Tensor:
         """(R * B, K) predictions with ``noise`` (R, B, P, d) added to block ``l``'s output."""
         R = noise.shape[0]
+        x_rep = x.repeat(R, *([1] * (x.ndim - 1)))  # row r * B + b is window b, like the noise
         if hasattr(subject, "forward_from"):
             noisy = (h.unsqueeze(0) + noise).reshape(-1, *h.shape[1:])
+            if self._takes_x:
+                return subject.forward_from(l, noisy, x=x_rep)
             return subject.forward_from(l, noisy)
         flat = noise.reshape(-1, *h.shape[1:])
 
@@ -111,43 +152,34 @@ class FluorescentProbe:
 
         handle = subject.blocks[l].register_forward_hook(hook)
         try:
-            _, y = subject.block_outputs(x.repeat(R, *([1] * (x.ndim - 1))))
+            _, y = subject.block_outputs(x_rep)
         finally:
             handle.remove()
         return y
 
-    def fit(self, subject, windows: np.ndarray | torch.Tensor, regimes: np.ndarray | None = None,
-            on_progress: Callable[[str, int, int], None] | None = None) -> FluorescentProbe:
-        if hasattr(subject, "eval"):
-            subject.eval()
-        x_all = torch.as_tensor(np.asarray(windows, np.float32))
-        try:
-            device = next(subject.parameters()).device
-        except (AttributeError, StopIteration):
-            device = torch.device("cpu")
-        n = len(x_all)
-        if n < 2:
-            raise InputError("the probe needs a reference batch of at least 2 windows",
-                             field="windows", expected=">= 2 windows", got=n)
+    def _reference_pass(self, subject, x_all: torch.Tensor, batches: list[slice],
+                        device: torch.device) -> np.ndarray:
+        """Pass 1: sets ``block_rms_`` (measured at ``scale_positions_``); returns the clean
+        predictions (N, K)."""
         L = len(subject.blocks)
-        batches = [slice(s, min(s + self.batch_size, n)) for s in range(0, n, self.batch_size)]
-        # Pass 1: clean predictions and each block's output RMS on the reference batch.
         sq, count, y_clean = np.zeros(L), np.zeros(L), []
         for sl in batches:
             hs, y = self._clean(subject, x_all[sl].to(device))
             for l, h in enumerate(hs):
-                sq[l] += float(h.double().pow(2).sum())
-                count[l] += h.numel()
+                part = _scale_view(h, self.scale_positions_)
+                sq[l] += float(part.double().pow(2).sum())
+                count[l] += part.numel()
             y_clean.append(y.cpu().numpy().astype(np.float64))
         self.block_rms_ = np.sqrt(sq / count)
-        y0 = np.concatenate(y_clean)  # (N, K)
-        K = y0.shape[1]
-        if K != len(self.tasks):
-            raise InputError("subject predicts another number of tasks", field="tasks",
-                             expected=str(len(self.tasks)), got=K)
-        # Pass 2: per window, block and task, the mean |change| over the R draws.
+        return np.concatenate(y_clean)
+
+    def _noise_pass(self, subject, x_all: torch.Tensor, batches: list[slice], y0: np.ndarray,
+                    device: torch.device, on_progress) -> np.ndarray:
+        """Pass 2: per window, block and task, the mean |change| over the R draws (N, L, K).
+        The noise goes on every position (method.md); only its scale comes from the pooled ones."""
+        L, K = len(subject.blocks), y0.shape[1]
         gen = torch.Generator().manual_seed(self.seed)
-        change = np.zeros((n, L, K))
+        change = np.zeros((len(x_all), L, K))
         total, done = len(batches) * L, 0
         for sl in batches:
             x = x_all[sl].to(device)
@@ -163,26 +195,57 @@ class FluorescentProbe:
                 done += 1
                 if on_progress:
                     on_progress("probe", done, total)
-        self.change_ = change
+        return change
+
+    def fit(self, subject, windows: np.ndarray | torch.Tensor, regimes: np.ndarray | None = None,
+            on_progress: Callable[[str, int, int], None] | None = None) -> FluorescentProbe:
+        if hasattr(subject, "eval"):
+            subject.eval()
+        x_all = torch.as_tensor(np.asarray(windows, np.float32))
+        try:
+            device = next(subject.parameters()).device
+        except (AttributeError, StopIteration):
+            device = torch.device("cpu")
+        n = len(x_all)
+        if n < 2:
+            raise InputError("the probe needs a reference batch of at least 2 windows",
+                             field="windows", expected=">= 2 windows", got=n)
+        if regimes is not None and len(regimes) != n:
+            raise InputError("one regime per reference window", field="regimes",
+                             expected=str(n), got=len(regimes))
+        self.scale_positions_ = scale_positions(subject)
+        self._takes_x = _forward_from_takes_x(subject)  # inspect once, not per call
+        batches = [slice(s, min(s + self.batch_size, n)) for s in range(0, n, self.batch_size)]
+        y0 = self._reference_pass(subject, x_all, batches, device)
+        if y0.shape[1] != len(self.tasks):
+            raise InputError("subject predicts another number of tasks", field="tasks",
+                             expected=str(len(self.tasks)), got=y0.shape[1])
+        self.change_ = self._noise_pass(subject, x_all, batches, y0, device, on_progress)
         self.y_clean_ = y0
-        self._summarise(regimes)
+        self.regime_labels_ = None if regimes is None else np.asarray(regimes)
+        self._summarise()
         return self
 
     # -- maps and assignment ---------------------------------------------------------------------
+    def _response(self, idx: np.ndarray) -> np.ndarray:
+        """(L, K) response D on the windows ``idx`` (a mask or indices, repeats allowed)."""
+        std = self.y_clean_[idx].std(axis=0)
+        mean_change = self.change_[idx].mean(axis=0)  # (L, K)
+        return np.divide(mean_change, std[None, :], out=np.zeros_like(mean_change),
+                         where=std[None, :] > 0)
+
     def _one_map(self, mask: np.ndarray) -> dict:
-        std = self.y_clean_[mask].std(axis=0)
-        mean_change = self.change_[mask].mean(axis=0)  # (L, K)
-        response = np.divide(mean_change, std[None, :], out=np.zeros_like(mean_change),
-                             where=std[None, :] > 0)
+        response = self._response(mask)
         per_task, spec = normalise(response)
         scores, assignment = assign_groups(spec, self.groups_)
-        return {"windows": int(mask.sum()), "y_std": std, "response": response,
-                "task_norm": per_task, "map": spec, "group_scores": scores,
+        return {"windows": int(mask.sum()), "y_std": self.y_clean_[mask].std(axis=0),
+                "response": response, "task_norm": per_task, "map": spec,
+                "group_scores": scores,
                 "assignment": dict(zip(self.tasks, assignment, strict=True)),
                 "argmax_layer": dict(zip(self.tasks, response.argmax(axis=0).tolist(),
                                          strict=True))}
 
-    def _summarise(self, regimes: np.ndarray | None) -> None:
+    def _summarise(self) -> None:
         L = self.change_.shape[1]
         self.groups_ = layer_groups(L, self.groups)
         overall = self._one_map(np.ones(len(self.change_), bool))
@@ -193,35 +256,67 @@ class FluorescentProbe:
         self.assignment_ = overall["assignment"]
         self.argmax_layer_ = overall["argmax_layer"]
         self.regimes_: dict[str, dict] = {}
-        if regimes is not None:
-            regimes = np.asarray(regimes)
+        if self.regime_labels_ is not None:
             for r, name in enumerate(REGIMES):
-                mask = regimes == r
+                mask = self.regime_labels_ == r
                 if mask.sum() >= 2:
                     self.regimes_[name] = self._one_map(mask)
+        self.stability_ = self._bootstrap(self.bootstrap, self.seed)
 
-    def stability(self, resamples: int = 200, seed: int = 0) -> dict:
-        """How often a bootstrap over the reference windows (the draws kept) reproduces the
-        overall assignment: per task, the share of resamples giving it the same group, and the
-        share reproducing the whole assignment. Small margins in ``group_scores`` show here."""
-        self._check_fitted()
+    # -- stability -------------------------------------------------------------------------------
+    def _strata(self) -> dict[str, np.ndarray]:
+        """Window indices per regime (every label present, named as in ``regimes_``), or one
+        stratum of all windows when no regimes were given."""
+        if self.regime_labels_ is None:
+            return {"all windows": np.arange(len(self.change_))}
+        labels = self.regime_labels_
+        return {(REGIMES[u] if 0 <= u < len(REGIMES) else str(u)): np.flatnonzero(labels == u)
+                for u in np.unique(labels).tolist()}
+
+    def _bootstrap(self, resamples: int, seed: int) -> dict:
+        """Resample the windows with replacement within each regime (so every resample keeps
+        the regime mix), recompute D from the per-window |change| (already averaged over the
+        draws: no forward passes), re-normalise and re-assign. Per map ("all" and each regime
+        of ``regimes_``): the share of resamples giving exactly the fitted assignment and, per
+        task, the share giving it the same group."""
+        if resamples < 1:
+            raise InputError("the stability bootstrap needs at least one resample",
+                             field="probe.bootstrap", expected=">= 1", got=resamples)
         rng = np.random.default_rng(seed)
-        n = len(self.change_)
-        same = {t: 0 for t in self.tasks}
-        whole = 0
+        strata = self._strata()
+        targets = {"all": self.assignment_} | {r: m["assignment"] for r, m in self.regimes_.items()}
+        same = {key: np.zeros(len(self.tasks)) for key in targets}
+        whole = dict.fromkeys(targets, 0)
         for _ in range(resamples):
-            idx = rng.integers(0, n, n)
-            std = self.y_clean_[idx].std(axis=0)
-            mean_change = self.change_[idx].mean(axis=0)
-            response = np.divide(mean_change, std[None, :], out=np.zeros_like(mean_change),
-                                 where=std[None, :] > 0)
-            _, assignment = assign_groups(normalise(response)[1], self.groups_)
-            hits = [assignment[k] == self.assignment_[t] for k, t in enumerate(self.tasks)]
-            for t, hit in zip(self.tasks, hits, strict=True):
-                same[t] += hit
-            whole += all(hits)
-        return {"resamples": resamples, "same_group": {t: v / resamples for t, v in same.items()},
-                "same_assignment": whole / resamples}
+            draw = {name: idx[rng.integers(0, len(idx), len(idx))] for name, idx in strata.items()}
+            for key, target in targets.items():
+                idx = np.concatenate(list(draw.values())) if key == "all" else draw[key]
+                _, assignment = assign_groups(normalise(self._response(idx))[1], self.groups_)
+                hits = np.array([assignment[k] == target[t] for k, t in enumerate(self.tasks)])
+                same[key] += hits
+                whole[key] += bool(hits.all())
+        return {key: {"resamples": resamples, "stability": whole[key] / resamples,
+                      "task_stability": dict(zip(self.tasks, (same[key] / resamples).tolist(),
+                                                 strict=True))}
+                for key in targets}
+
+    def stability(self, resamples: int | None = None, seed: int | None = None) -> dict:
+        """The bootstrap stability of the all-windows assignment (see ``_bootstrap``):
+        ``same_assignment`` (share reproducing the whole assignment), ``same_group`` (per task),
+        and ``per_regime``. Defaults: the fitted ``bootstrap`` resamples and ``seed``."""
+        self._check_fitted()
+        if resamples is None and seed is None:
+            boot = self.stability_
+        else:
+            boot = self._bootstrap(self.bootstrap if resamples is None else resamples,
+                                   self.seed if seed is None else seed)
+        return {"resamples": boot["all"]["resamples"],
+                "resampled_within": "all windows" if self.regime_labels_ is None else "regimes",
+                "same_assignment": boot["all"]["stability"],
+                "same_group": boot["all"]["task_stability"],
+                "per_regime": {r: {"stability": b["stability"],
+                                   "task_stability": b["task_stability"]}
+                               for r, b in boot.items() if r != "all"}}
 
     def paper_pattern(self) -> dict:
         """Whether the assignment is the paper's: shallow -> mid, middle -> spread, deep -> volume
@@ -244,27 +339,31 @@ class FluorescentProbe:
             raise RuntimeError("FluorescentProbe is not fitted; call fit(subject, windows) first")
 
     def to_dict(self) -> dict:
-        """Everything as JSON-able data: settings, RMS, responses, maps, groups, assignments."""
+        """Everything as JSON-able data: settings, RMS, responses, maps, groups, assignments,
+        and beside each assignment its bootstrap ``stability`` and ``task_stability``."""
         self._check_fitted()
         names = group_names(self.groups)
 
-        def pack(m: dict) -> dict:
+        def pack(m: dict, boot: dict) -> dict:
             return {"windows": m["windows"], "y_std": m["y_std"].tolist(),
                     "response": m["response"].tolist(), "task_norm": m["task_norm"].tolist(),
                     "map": m["map"].tolist(), "group_scores": m["group_scores"].tolist(),
                     "assignment": {t: names[g] for t, g in m["assignment"].items()},
-                    "assignment_index": m["assignment"], "argmax_layer": m["argmax_layer"]}
+                    "assignment_index": m["assignment"], "argmax_layer": m["argmax_layer"],
+                    "stability": boot["stability"], "task_stability": boot["task_stability"]}
 
         overall = self._one_map(np.ones(len(self.change_), bool))
         return {
             "settings": {"alpha": self.alpha, "draws": self.draws, "groups": self.groups,
-                         "seed": self.seed, "windows": len(self.change_)},
+                         "seed": self.seed, "windows": len(self.change_),
+                         "bootstrap": self.bootstrap},
             "tasks": list(self.tasks),
             "num_blocks": int(self.change_.shape[1]),
             "block_rms": self.block_rms_.tolist(),
+            "scale_positions": self.scale_positions_,
             "groups": {names[i]: g for i, g in enumerate(self.groups_)},
-            "all": pack(overall),
-            "regimes": {r: pack(m) for r, m in self.regimes_.items()},
+            "all": pack(overall, self.stability_["all"]),
+            "regimes": {r: pack(m, self.stability_[r]) for r, m in self.regimes_.items()},
             "paper_pattern": self.paper_pattern(),
             "stability": self.stability(),
         }

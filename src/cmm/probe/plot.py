@@ -1,5 +1,7 @@
 """Heatmap of the specialisation map: layers x tasks, one panel for all windows and one per
-regime; group boundaries as lines, each task's assigned group outlined."""
+regime; group boundaries as lines, each task's assigned group outlined. Each panel's title and
+the figure's caption give the bootstrap stability of the assignment, so a map whose assignment
+a resample of the windows overturns is not read as a finding."""
 
 from __future__ import annotations
 
@@ -8,6 +10,19 @@ from pathlib import Path
 import numpy as np
 
 from cmm.io import atomic_path
+
+
+def stability_caption(result: dict) -> str:
+    """One line: how often the all-windows assignment survives the bootstrap, overall and per
+    task ("" for a result without stability)."""
+    m = result["all"]
+    if "stability" not in m:
+        return ""
+    resamples = result.get("settings", {}).get("bootstrap")
+    of = f" of {resamples} resamples" if resamples else ""
+    per_task = ", ".join(f"{t} {v:.0%}" for t, v in m["task_stability"].items())
+    within = result.get("stability", {}).get("resampled_within", "regimes")
+    return f"assignment stability: {m['stability']:.0%}{of} within {within} ({per_task})"
 
 
 def plot_probe(result: dict, path: str | Path, title: str = "") -> Path:
@@ -34,7 +49,8 @@ def plot_probe(result: dict, path: str | Path, title: str = "") -> Path:
         image = ax.imshow(S, aspect="auto", cmap="magma", vmin=vmin, vmax=vmax,
                           interpolation="nearest")
         ax.set_xticks(range(len(tasks)), tasks)
-        ax.set_title(f"{label}\n(n={m['windows']})", fontsize=9)
+        stable = f", stable {m['stability']:.0%}" if "stability" in m else ""
+        ax.set_title(f"{label}\n(n={m['windows']}{stable})", fontsize=9)
         for g in groups[:-1]:
             ax.axhline(g[-1] + 0.5, color="white", lw=1.0, ls="--")
         for k, task in enumerate(tasks):
@@ -50,7 +66,8 @@ def plot_probe(result: dict, path: str | Path, title: str = "") -> Path:
     verdict = ("" if not pattern.get("applicable") else
                f" | paper pattern (shallow->mid, middle->spread, deep->volume): "
                f"{'holds' if pattern['holds'] else 'does not hold'}")
-    fig.suptitle((title + verdict).strip(" |"), fontsize=9)
+    caption = stability_caption(result)
+    fig.suptitle((title + verdict).strip(" |") + (f"\n{caption}" if caption else ""), fontsize=9)
     path = Path(path)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
