@@ -9,7 +9,8 @@ field (the nearest key written in the file when the field is left at its default
   ``robustness.crash_policies``, ``report.curve_policies``) is one the run can build, with
   settings its model accepts; ``rl_settings`` are valid RL settings; the flash crash fits
   inside an episode; the split fractions leave no split empty by construction
-  (``validation: 0``: the teacher's early stopping and the mixture's gates are fitted on it).
+  (``validation: 0``: the teacher's early stopping and the mixture's gates are fitted on it);
+  ``teacher.seeds``, when given, is a non-empty list of distinct seeds.
 - :func:`check_splits`, once a dataset is prepared and before any model stage reads it: every
   split holds windows after the purge gaps, for the window and horizon chosen.
 """
@@ -73,6 +74,7 @@ def check_run(config: RunConfig, source: Source, resolve: Callable[[str], str],
     ``available``: the registered policy names."""
     _check_datasets(config, source, resolve)
     _check_splits_settings(config, source)
+    _check_teacher_seeds(config, source)
     _check_policies(config, source, available)
 
 
@@ -100,6 +102,23 @@ def _check_splits_settings(config: RunConfig, source: Source) -> None:
             "no validation split: the teacher's early stopping, the students' and the "
             "mixture's gates are fitted on it", ("data", "splits", "validation"),
             expected="a fraction > 0 (default 0.2)", got=s.validation)
+
+
+def _check_teacher_seeds(config: RunConfig, source: Source) -> None:
+    """``teacher.seeds`` (teachers apart from the run seeds): None, or distinct seeds."""
+    seeds = config.teacher.seeds
+    if seeds is None:
+        return
+    expected = ("a non-empty list of distinct teacher seeds (run seed i distils "
+                "teacher.seeds[i % len]), or none: one teacher per run seed")
+    if len(seeds) == 0:
+        raise source.error("teacher.seeds is empty: no teacher to distil",
+                           ("teacher", "seeds"), expected=expected, got=list(seeds))
+    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+    if repeated:
+        raise source.error(f"teacher.seeds repeats {', '.join(map(str, repeated))}: the same "
+                           "teacher twice", ("teacher", "seeds"), expected=expected,
+                           got=list(seeds))
 
 
 def _check_policies(config: RunConfig, source: Source, available: list[str]) -> None:

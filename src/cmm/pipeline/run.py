@@ -13,6 +13,10 @@ The run folder ``<root>/<name>/`` holds
   from the random-init teacher, when asked), ``backtest/<policy>/`` and ``crash/<policy>/``
   (metrics, per-episode table, decision records, fills), ``backtest/teacher-zero-latency/``
   and ``backtest/cmm-teacher-latency/`` (the price of latency);
+- with ``teacher.seeds`` set, the teachers apart from the seeds (:mod:`cmm.pipeline.layout`):
+  ``<dataset>/teacher-seed<t>/teacher/`` (+ ``features/``), ``teacher-random/`` and
+  ``control/teacher/``, fitted once and read by every run seed that distils teacher seed ``t``;
+  the seed folders keep the rest;
 - ``manifest.json`` (what the report reads), ``report.md``, ``report.html``, ``figures/``.
 
 Each stage is skipped when its folder is complete for the same inputs and settings, its files
@@ -38,8 +42,9 @@ from cmm.config import RunConfig
 from cmm.errors import InputError
 from cmm.io import atomic_path, default_cache_dir, write_json
 from cmm.io import file_lock, reading, remove_stale_temporaries
+from cmm.pipeline.layout import teacher_folder, teacher_seed, teacher_seeds
 from cmm.pipeline.policies import PolicySpec, policy_specs
-from cmm.pipeline.stages import Display, StageResult, StageRunner, Timings, jsonable
+from cmm.pipeline.stages import Display, StageResult, StageRunner, Timings, jsonable, stage_key
 
 log = logging.getLogger("cmm.run")
 
@@ -84,16 +89,24 @@ def _write_config(run_dir: Path, config: RunConfig) -> None:
 
 
 def seeded(config: RunConfig, seed: int) -> RunConfig:
-    """The configuration of one seed: the teacher, its backbone's random init, the probe, the
-    students and the gates all seeded with ``seed``."""
+    """The configuration of one run seed: the probe, the students and the gates seeded with
+    ``seed``; the teacher and its backbone's random init with the seed of the teacher it
+    distils (``seed`` itself unless ``teacher.seeds`` is set: see :mod:`cmm.pipeline.layout`)."""
     t = config.teacher
-    teacher = t.model_copy(update={"seed": seed,
-                                   "backbone": t.backbone.model_copy(update={"seed": seed})})
+    t_seed = teacher_seed(config, seed)
+    teacher = t.model_copy(update={"seed": t_seed,
+                                   "backbone": t.backbone.model_copy(update={"seed": t_seed})})
     distill = config.distill.model_copy(update={
         "train": config.distill.train.model_copy(update={"seed": seed})})
     return config.model_copy(update={
         "teacher": teacher, "probe": config.probe.model_copy(update={"seed": seed}),
         "distill": distill, "moe": config.moe.model_copy(update={"seed": seed})})
+
+
+def run_seed(c: RunConfig) -> int:
+    """The run seed of a :func:`seeded` configuration (its students'; its teacher's may be
+    shared with other run seeds): it seeds the learned policies and names a seeded replay."""
+    return c.distill.train.seed
 
 
 class Pipeline:
@@ -154,6 +167,8 @@ class Pipeline:
             self.manifest = {"schema_version": 1, "name": self.config.name, **info,
                              "config": self.config.model_dump(mode="json"),
                              "seeds": list(self.config.seeds),
+                             # per run seed, the seed of the teacher it distils
+                             "teacher_seeds": teacher_seeds(self.config),
                              "policies": [s.to_json() for s in specs], "tables": tables,
                              "skipped": skipped, "datasets": []}
             with Display(self.progress) as display:
@@ -191,10 +206,13 @@ class Pipeline:
                     out[f"{d}/{SHARED}/crash/{slug}"] = t.estimate("backtest", d)
             for seed in c.seeds:
                 p = f"{d}/seed{seed}"
-                for kind in ("teacher", "features", "probe", "distill", "moe"):
+                t_id, f_id = self._teacher_ids(d, seed, "teacher")  # a shared one once
+                out[t_id], out[f_id] = t.estimate("teacher", d), t.estimate("features", d)
+                for kind in ("probe", "distill", "moe"):
                     out[f"{p}/{kind}"] = t.estimate(kind, d)
                 if c.controls.random_teacher:
-                    out[f"{p}/teacher-random"] = t.estimate("teacher", d)
+                    out[self._teacher_ids(d, seed, "teacher-random")[0]] = \
+                        t.estimate("teacher", d)
                 for s in self.specs:
                     if s.source == "registry" and s.name in c.rl:
                         out[f"{p}/rl-{s.name}"] = t.estimate("rl", d)
@@ -317,16 +335,17 @@ class Pipeline:
         c = seeded(self.config, seed)
         base = self.run_dir / d_slug / f"seed{seed}"
         sid = f"{d_slug}/seed{seed}"
-        chain = self._chain(ds, c, base, sid, d_slug, c.teacher, distill=True)
+        chain = self._chain(ds, c, base, sid, d_slug, seed, c.teacher, distill=True)
         keys = {"main": chain}
         if c.controls.random_teacher:
             random_teacher = c.teacher.model_copy(update={
                 "backbone": c.teacher.backbone.model_copy(update={"init": "random"})})
             if c.controls.random_distill:
                 keys["control"] = self._chain(ds, c, base / "control", f"{sid}/control", d_slug,
-                                              random_teacher, distill=True)
+                                              seed, random_teacher, distill=True,
+                                              teacher_name="control/teacher")
             else:
-                keys["control"] = self._chain(ds, c, base, sid, d_slug, random_teacher,
+                keys["control"] = self._chain(ds, c, base, sid, d_slug, seed, random_teacher,
                                               distill=False, teacher_name="teacher-random")
         keys["rl"] = {s.name: self._rl(ds, c, s.name, base / "rl" / s.name, f"{sid}/rl-{s.name}",
                                        d_slug)
@@ -352,44 +371,17 @@ class Pipeline:
             out["crash"][slug] = {"key": res.key}
         return out
 
-    def _chain(self, ds, c: RunConfig, base: Path, sid: str, d_slug: str, teacher_cfg,
-               distill: bool, teacher_name: str = "teacher") -> dict:
+    def _chain(self, ds, c: RunConfig, base: Path, sid: str, d_slug: str, seed: int,
+               teacher_cfg, distill: bool, teacher_name: str = "teacher") -> dict:
         """Teacher fit, features, probe, experts, mixtures (or, for the plain control, the fit
-        and its test predictions); returns the stage keys and folders."""
-        from cmm.teacher.pipeline import run_fit
-
-        data_key = ds.cache_key
-        t_dir = base / teacher_name
-        t_inputs = {"data": data_key, "teacher": jsonable(teacher_cfg)}
-
-        def fit(folder: Path, on_progress) -> dict:
-            report = run_fit(ds, teacher_cfg, folder, on_progress)
-            if not distill:
-                pred = _teacher_predict(folder, ds, ds, teacher_cfg.infer_batch_size,
-                                        teacher_cfg.device, on_progress)
-                np.save(folder / "test_predictions.npy", pred)
-            return {"fit_seconds": report["fit_seconds"], "stopped_by": report["stopped_by"],
-                    "latency_ms": report["latency_ms"]}
-
-        teacher = self.runner.run(f"{sid}/{teacher_name}", "teacher", t_dir, t_inputs, fit,
-                                  scope=d_slug)
+        and its test predictions) of run seed ``seed``; returns the stage keys and folders.
+        ``teacher_name``: the teacher's folder as :func:`cmm.pipeline.layout.teacher_folder`
+        names it."""
+        teacher, feats, t_dir = self._teacher(ds, d_slug, seed, teacher_cfg, teacher_name,
+                                              distill)
         out = {"teacher": teacher.key, "teacher_dir": t_dir}
         if not distill:
             return out
-
-        def features(folder: Path, on_progress) -> dict:
-            from cmm.teacher.features import extract_features
-            from cmm.teacher.store import load_teacher
-
-            model = load_teacher(t_dir, ds, device=teacher_cfg.device)
-            index = extract_features(model, ds, t_dir, teacher_cfg.infer_batch_size,
-                                     on_progress)
-            return {"num_blocks": index["num_blocks"], "width": index["width"]}
-
-        feats = self.runner.run(f"{sid}/features", "features", t_dir / "features",
-                                {"teacher": teacher.key,
-                                 "batch_size": teacher_cfg.infer_batch_size},
-                                features, scope=d_slug)
 
         def probe(folder: Path, on_progress) -> dict:
             from cmm.probe.pipeline import run_probe
@@ -430,13 +422,69 @@ class Pipeline:
                     "moe": moe.key, "moe_dir": base / "moe", "gates": moe.info["gates"]})
         return out
 
+    def _teacher_ids(self, d_slug: str, seed: int, name: str) -> tuple[str, str]:
+        """The stage ids of the teacher ``name`` that run seed ``seed`` reads and of its
+        features: the teacher's folder in the run (``<dataset>/seed<k>/teacher``,
+        ``<dataset>/teacher-seed<t>/teacher``), its features beside it."""
+        t_id = teacher_folder(self.run_dir, d_slug, seed, self.config, name).relative_to(
+            self.run_dir).as_posix()
+        return t_id, f"{t_id.rsplit('/', 1)[0]}/features"
+
+    def _teacher(self, ds, d_slug: str, seed: int, teacher_cfg, name: str, distill: bool
+                 ) -> tuple[StageResult, StageResult | None, Path]:
+        """The fit of the teacher ``name`` that run seed ``seed`` reads and, when it is
+        distilled, its features: (fit, features or None, folder). A teacher shared by several
+        run seeds (``teacher.seeds``) is one stage, run or found done by the first."""
+        from cmm.teacher.pipeline import run_fit
+
+        t_dir = teacher_folder(self.run_dir, d_slug, seed, self.config, name)
+        t_id, f_id = self._teacher_ids(d_slug, seed, name)
+
+        def fit(folder: Path, on_progress) -> dict:
+            report = run_fit(ds, teacher_cfg, folder, on_progress)
+            if not distill:
+                pred = _teacher_predict(folder, ds, ds, teacher_cfg.infer_batch_size,
+                                        teacher_cfg.device, on_progress)
+                np.save(folder / "test_predictions.npy", pred)
+            return {"fit_seconds": report["fit_seconds"], "stopped_by": report["stopped_by"],
+                    "latency_ms": report["latency_ms"]}
+
+        teacher = self._once(t_id, "teacher", t_dir, {"data": ds.cache_key,
+                                                      "teacher": jsonable(teacher_cfg)},
+                             fit, d_slug)
+        if not distill:
+            return teacher, None, t_dir
+
+        def features(folder: Path, on_progress) -> dict:
+            from cmm.teacher.features import extract_features
+            from cmm.teacher.store import load_teacher
+
+            model = load_teacher(t_dir, ds, device=teacher_cfg.device)
+            index = extract_features(model, ds, t_dir, teacher_cfg.infer_batch_size,
+                                     on_progress)
+            return {"num_blocks": index["num_blocks"], "width": index["width"]}
+
+        feats = self._once(f_id, "features", t_dir / "features",
+                           {"teacher": teacher.key, "batch_size": teacher_cfg.infer_batch_size},
+                           features, d_slug)
+        return teacher, feats, t_dir
+
+    def _once(self, stage_id: str, kind: str, folder: Path, inputs: dict, work,
+              scope: str) -> StageResult:
+        """A stage several run seeds read (a shared teacher, its features): run, or found done,
+        by the first; the others get its result (even under ``--force``: redone once)."""
+        done = self.runner.results.get(stage_id)
+        if done is not None and done.key == stage_key(kind, inputs):
+            return done
+        return self.runner.run(stage_id, kind, folder, inputs, work, scope=scope)
+
     def _rl(self, ds, c: RunConfig, algo: str, folder: Path, stage_id: str, d_slug: str
             ) -> StageResult:
         """Train one RL market maker (``cmm rl train``'s function) with the run's ladder and
         backtest settings; the checkpoint best on validation is kept."""
         from cmm.config import RLConfig, validate_model
 
-        cfg = validate_model(RLConfig, {**c.rl_settings, "algo": algo, "seed": c.teacher.seed,
+        cfg = validate_model(RLConfig, {**c.rl_settings, "algo": algo, "seed": run_seed(c),
                                         "ladder": c.ladder.model_dump(),
                                         "backtest": c.backtest.model_dump()},
                              prefix=("rl_settings",))
@@ -471,7 +519,7 @@ class Pipeline:
             upstream = rl.key
         inputs = {"data": target.cache_key if crash is None else crash[0],
                   "policy": spec.to_json(), "settings": settings, "upstream": upstream,
-                  "seed": c.teacher.seed, "ladder": jsonable(c.ladder),
+                  "seed": run_seed(c), "ladder": jsonable(c.ladder),
                   "backtest": jsonable(c.backtest)}
         if not spec.seeded:  # one replay for every seed: the seed is no input of it
             del inputs["seed"]
@@ -579,7 +627,7 @@ def _build_policy(spec: PolicySpec, ds, target, c: RunConfig, chain: dict, setti
         policy = get_policy(spec.name, settings or None)
         if spec.seeded and policy.config is not None \
                 and "seed" in type(policy.config).model_fields and "seed" not in settings:
-            policy = get_policy(spec.name, {**settings, "seed": c.teacher.seed})
+            policy = get_policy(spec.name, {**settings, "seed": run_seed(c)})
         return policy.fit(ds), {}
     if spec.source == "teacher":
         t_dir = Path(chain["teacher_dir"])

@@ -27,6 +27,7 @@ import numpy as np
 import polars as pl
 
 from cmm.io import reading
+from cmm.pipeline.layout import teacher_folder, teacher_folders
 
 TASKS = ("mid", "spread", "volume")
 SHARED = "seed-independent"  # <dataset>/seed-independent/: backtests done once per dataset
@@ -223,9 +224,17 @@ def skipped_decisions(folder: Path) -> tuple[int, int]:
     return int((acted == 0).sum()), int(len(acted))
 
 
+def _layout(manifest: dict) -> dict:
+    """What :mod:`cmm.pipeline.layout` reads of a run: its seeds and teacher settings (a
+    manifest from before ``teacher.seeds``: one teacher per seed, in the seed's folder)."""
+    return {"seeds": manifest["seeds"],
+            "teacher": (manifest.get("config") or {}).get("teacher") or {}}
+
+
 def prediction_metrics(run_dir: Path, manifest: dict, dataset: dict) -> dict[str, dict]:
     """Test-split R^2 and MSE per task, mean over seeds, of every mixture row of the mixture
-    stage (``"<variant> (<gate>)"`` or ``"<variant>"``) and of each teacher."""
+    stage (``"<variant> (<gate>)"`` or ``"<variant>"``), and of each teacher, mean over its
+    fits (a teacher shared by run seeds, ``teacher.seeds``, counts once)."""
     rows: dict[str, dict[str, list]] = {}
     for seed in manifest["seeds"]:
         base = run_dir / dataset["slug"] / f"seed{seed}"
@@ -243,9 +252,9 @@ def prediction_metrics(run_dir: Path, manifest: dict, dataset: dict) -> dict[str
                     m = r["metrics"].get(t) or {}
                     rows.setdefault(name, {}).setdefault(f"r2_{t}", []).append(m.get("r2"))
                     rows[name].setdefault(f"mse_{t}", []).append(m.get("mse"))
-        for name, folder in (("teacher", base / "teacher"),
-                             ("teacher-random", base / "teacher-random"),
-                             ("teacher-random", base / "control" / "teacher")):
+    for name, t_name in (("teacher", "teacher"), ("teacher-random", "teacher-random"),
+                         ("teacher-random", "control/teacher")):
+        for folder in teacher_folders(run_dir, dataset["slug"], _layout(manifest), t_name):
             path = folder / "metrics.json"
             if path.is_file():
                 test = _json(path)["models"]["teacher"]["test"]
@@ -274,10 +283,16 @@ def prediction_table(run_dir: Path, manifest: dict, dataset: dict, gates: dict,
     the random-init control), the yardsticks of the teacher's evaluation (train mean, last
     value, ridge, LightGBM), CMM (its backtest's ``prediction.json``; the mixture stage's R²
     where an older run lacks it) and the distillation baselines of the main table (R² of the
-    mixture stage)."""
+    mixture stage). A teacher shared by run seeds (``teacher.seeds``) counts once."""
     policies = {p["slug"]: p for p in manifest["policies"]}
     vals: dict[str, dict[str, list]] = {}
     windows: dict[str, list] = {}
+    layout, slug, seen = _layout(manifest), dataset["slug"], set()
+
+    def first_time(folder: Path) -> bool:
+        new = folder not in seen
+        seen.add(folder)
+        return new
 
     def add(key: str, test: dict) -> None:
         row = vals.setdefault(key, {})
@@ -290,13 +305,15 @@ def prediction_table(run_dir: Path, manifest: dict, dataset: dict, gates: dict,
             row.setdefault(k, []).append(mid.get(k))
 
     for seed in manifest["seeds"]:
-        base = run_dir / dataset["slug"] / f"seed{seed}"
-        teacher = base / "teacher" / "metrics.json"
-        models = _json(teacher)["models"] if teacher.is_file() else {}
-        for folder in (base / "teacher-random", base / "control" / "teacher"):
+        base = run_dir / slug / f"seed{seed}"
+        t_dir = teacher_folder(run_dir, slug, seed, layout)
+        teacher = t_dir / "metrics.json"
+        models = _json(teacher)["models"] if first_time(t_dir) and teacher.is_file() else {}
+        for folder in (teacher_folder(run_dir, slug, seed, layout, "teacher-random"),
+                       teacher_folder(run_dir, slug, seed, layout, "control/teacher")):
             if (folder / "metrics.json").is_file():
                 rnd = _json(folder / "metrics.json")["models"]
-                if "teacher" in rnd and "test" in rnd["teacher"]:
+                if first_time(folder) and "teacher" in rnd and "test" in rnd["teacher"]:
                     add("teacher-random", rnd["teacher"]["test"])
                 break
         for key, _, where in PREDICTORS:
@@ -331,6 +348,31 @@ def prediction_table(run_dir: Path, manifest: dict, dataset: dict, gates: dict,
             out.append({"model": slug, "label": p["label"],
                         **{m: v.to_json() for m, v in sorted(r.items())}})
     return out
+
+
+def teacher_seeds_note(manifest: dict, dataset: dict) -> str | None:
+    """One sentence on the teachers the student seeds distilled when they are set apart
+    (``teacher.seeds``; the manifest's ``teacher_seeds``: run seed -> teacher seed), e.g. "One
+    teacher per market (seed 0), distilled by student seeds 0, 1 and 2." None when each run seed
+    fitted its own teacher (or the run is older than ``teacher_seeds``)."""
+    used = manifest.get("teacher_seeds")
+    if not used or _layout(manifest)["teacher"].get("seeds") is None:
+        return None
+    by_teacher: dict[int, list[str]] = {}
+    for seed in manifest["seeds"]:
+        by_teacher.setdefault(int(used[str(seed)]), []).append(str(seed))
+
+    def listed(xs: list[str]) -> str:
+        return xs[0] if len(xs) == 1 else ", ".join(xs[:-1]) + " and " + xs[-1]
+
+    def students(xs: list[str]) -> str:
+        return ("student seed " if len(xs) == 1 else "student seeds ") + listed(xs)
+
+    if len(by_teacher) == 1:
+        (t, xs), = by_teacher.items()
+        return f"One teacher per market (seed {t}), distilled by {students(xs)}."
+    parts = [f"seed {t} by {students(xs)}" for t, xs in by_teacher.items()]
+    return f"{len(by_teacher)} teachers per market, distilled as follows: {'; '.join(parts)}."
 
 
 def mixture_row(slug: str, policy: dict, gates: dict) -> str:
@@ -449,6 +491,7 @@ def build_tables(run_dir: Path, manifest: dict) -> dict:
         tables["latency"] = sorted(lat, key=lambda r: -(r["latency_ms"]["mean"] or 0))
         tables["prediction"] = prediction_table(run_dir, manifest, d, gates, pred)
         tables["rl_sim_gap"] = _rl_sim_gap(run_dir, manifest, d, policies)
+        tables["teacher_seeds_note"] = teacher_seeds_note(manifest, d)
         out[d["slug"]] = tables
     return out
 
