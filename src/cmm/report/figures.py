@@ -166,3 +166,50 @@ def latency_bars(rows: list[dict], path: Path, title: str, dpi: int = 90) -> Pat
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
     return _save(fig, path, dpi)
+
+
+STOPPED_BY = {"early_stopping": "early stopping", "epochs": "all epochs run",
+              "max_steps": "step limit (max_steps)",
+              "time_budget": "time budget, the safety cap bound"}
+
+
+def learning_curves(fits: dict[str, dict], path: Path, title: str, dpi: int = 90) -> Path:
+    """Train and validation loss against optimizer step of one or several teacher fits
+    (``fits[label]`` = the ``fit`` of a teacher's ``meta.json``: ``history``, ``best``,
+    ``stopped_by``), one colour per fit: validation solid with dots at the checks, train
+    dashed, a star at the best checkpoint; the legend names what stopped each fit. Log y-axis
+    when the losses span more than 10x."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(8, 4))
+    colours = ["tab:blue", "tab:red", "tab:green", "tab:purple", "tab:orange", "tab:brown"]
+    values: list[float] = []
+    for i, (label, fit) in enumerate(fits.items()):
+        colour = colours[i % len(colours)]
+        hist = fit.get("history") or []
+        stop = STOPPED_BY.get(fit.get("stopped_by"), str(fit.get("stopped_by", "?")))
+        val = [(h["step"], h["val_loss"]) for h in hist if h.get("val_loss") is not None]
+        train = [(h["step"], h["train_loss"]) for h in hist if h.get("train_loss") is not None]
+        if val:
+            ax.plot(*zip(*val), color=colour, lw=1.2, marker=".", ms=4,
+                    label=f"{label}: validation (stopped: {stop})")
+        if train:
+            ax.plot(*zip(*train), color=colour, lw=1.0, ls="--", alpha=0.8,
+                    label=f"{label}: train")
+        best = fit.get("best") or {}
+        if best.get("val_loss") is not None:
+            ax.plot([best["step"]], [best["val_loss"]], marker="*", ms=12, color=colour,
+                    markeredgecolor="black", ls="none",
+                    label=f"{label}: best (step {best['step']})")
+        values += [v for _, v in val + train]
+    pos = [v for v in values if v > 0]
+    if pos and len(pos) == len(values) and max(pos) > 10 * min(pos):
+        ax.set_yscale("log")
+    if not values:
+        ax.text(0.5, 0.5, "no recorded checks", ha="center", transform=ax.transAxes)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss (weighted MSE, standardised targets)")
+    ax.set_title(title, fontsize=10)
+    if values:
+        ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    return _save(fig, path, dpi)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -432,6 +433,9 @@ def _dataset_blocks(run_dir: Path, manifest: dict, d: dict, t: dict, fig_dir: Pa
         t["latency"], fig_dir / f"{slug}-latency.png", f"{d['dataset']}: decision latency",
         rep["dpi"])))
     B += _prediction_blocks(t.get("prediction", []))
+    if t.get("teacher_seeds_note"):
+        B.append(Block("p", t["teacher_seeds_note"]))
+    B += _learning_blocks(run_dir, d, fig_dir, rep)
     B += _rl_gap_blocks(t.get("rl_sim_gap", []))
     B += _probe_blocks(run_dir, manifest, d, fig_dir)
     B += _figure_blocks(run_dir, manifest, d, t, fig_dir, rep)
@@ -506,7 +510,58 @@ def _prediction_blocks(rows: list[dict]) -> list[Block]:
     if text:
         B.append(Block("p", text + " (from the numbers only; these are not tested for "
                                    "significance)."))
+    verdict = teacher_verdict(rows)
+    if verdict:
+        B.append(Block("p", verdict))
     return B
+
+
+def _r2(row: dict | None, task: str) -> float | None:
+    return None if row is None else (row.get(f"r2_{task}") or {}).get("mean")
+
+
+def _against_yardsticks(tv: float, yard: list[tuple[str, float]]) -> str:
+    """The teacher's R² ``tv`` against each yardstick ``(name, R²)``: "above ridge (0.1) and
+    LightGBM (0.2)", "above ridge (0.1) but below LightGBM (0.4)", ..."""
+    groups: dict[str, list[str]] = {}
+    for name, v in yard:
+        rel = "above" if tv > v + 1e-12 else "below" if tv < v - 1e-12 else "level with"
+        groups.setdefault(rel, []).append(f"{name} ({_num(v, 3)})")
+    parts = [f"{rel} {' and '.join(names)}" for rel, names in groups.items()]
+    return " but ".join(parts)
+
+
+def teacher_verdict(rows: list[dict]) -> str:
+    """One sentence: per target, the model with the best test R² and where the teacher LLM
+    stands against the two fitted yardsticks, ridge and LightGBM ("" without a teacher row)."""
+    by = {r.get("model"): r for r in rows}
+    te = by.get("teacher")
+    if te is None:
+        return ""
+    parts = []
+    for k in TASKS:
+        have = [(_r2(r, k), r["label"]) for r in rows if _r2(r, k) is not None]
+        tv = _r2(te, k)
+        if not have or tv is None:
+            parts.append(f"on {k} no R² for the teacher LLM (the target is constant on the "
+                         "test split, or the row is missing)")
+            continue
+        top = max(v for v, _ in have)
+        yard = [(name, _r2(by.get(m), k)) for m, name in (("ridge", "ridge"),
+                                                          ("lightgbm", "LightGBM"))]
+        yard = [(name, v) for name, v in yard if v is not None]
+        against = _against_yardsticks(tv, yard)
+        if tv >= top - 1e-12 * max(1.0, abs(top)):
+            others = [name for v, name in have if name != te["label"]
+                      and abs(v - top) <= 1e-12 * max(1.0, abs(top))]
+            tie = f", tied with {' and '.join(others)}" if others else ""
+            parts.append(f"on {k} the teacher LLM is best ({_num(tv, 3)}{tie})"
+                         + (f", {against}" if against else ""))
+        else:
+            best = next(name for v, name in have if v == top)
+            parts.append(f"on {k} {best} is best ({_num(top, 3)}) and the teacher LLM "
+                         f"({_num(tv, 3)}) is {against or 'below it'}")
+    return "Test R² " + "; ".join(parts) + "."
 
 
 def _below_train_mean(rows: list[dict]) -> str:
@@ -601,9 +656,20 @@ def _probe_rows(run_dir: Path, seeds: list[int], d: dict) -> list[tuple[list[str
         pattern = probe.get("paper_pattern", {})
         verdict = ("n/a" if not pattern.get("applicable") else
                    "holds" if pattern.get("holds") else "does not hold")
-        out.append(([str(seed), ", ".join(f"{k} → {v}" for k, v in
-                                           probe["all"]["assignment"].items()), verdict], p))
+        out.append(([str(seed), assignment_cell(probe["all"]), verdict], p))
     return out
+
+
+def assignment_cell(result: dict) -> str:
+    """A probe's task → layer group assignment, with its bootstrap stability beside it where
+    the probe recorded one (share of resamples giving the whole assignment, and per task the
+    same group)."""
+    text = ", ".join(f"{k} → {v}" for k, v in result["assignment"].items())
+    if result.get("stability") is None:
+        return text
+    per_task = result.get("task_stability") or {}
+    tasks = "".join(f", {k} {v:.0%}" for k, v in per_task.items())
+    return f"{text} (bootstrap stability: whole assignment {result['stability']:.0%}{tasks})"
 
 
 def _probe_blocks(run_dir: Path, manifest: dict, d: dict, fig_dir: Path) -> list[Block]:
@@ -620,6 +686,96 @@ def _probe_blocks(run_dir: Path, manifest: dict, d: dict, fig_dir: Path) -> list
             dst = fig_dir / f"{d['slug']}-probe.png"
             shutil.copyfile(first / "probe.png", dst)
             B.append(Block("img", "Probe specialisation map S[l, k] (first seed)", path=dst))
+    return B
+
+
+# ----------------------------------------------------------------- teacher learning curves
+
+RANDOM_TEACHER = "teacher LLM (random-init backbone)"
+# (folder under a seed folder, label); the random-init teacher is teacher-random or, when CMM
+# is distilled from it too, control/teacher
+TEACHER_FITS = (("teacher", "teacher LLM"), ("teacher-random", RANDOM_TEACHER),
+                ("control/teacher", RANDOM_TEACHER))
+STOPS = {"early_stopping": "early stopping (validation loss no longer improving)",
+         "epochs": "the end of its planned epochs", "max_steps": "its step limit (max_steps)"}
+
+
+def _fit_of(folder: Path) -> dict | None:
+    """The ``fit`` of a teacher folder's ``meta.json`` (None: no fitted teacher, or no
+    recorded checks)."""
+    meta = folder / "meta.json"
+    if not meta.is_file():
+        return None
+    fit = json.loads(meta.read_text()).get("fit") or {}
+    return fit if fit.get("history") else None
+
+
+def teacher_fit_groups(run_dir: Path, d_slug: str) -> list[tuple[str, dict[str, dict]]]:
+    """Every folder of the dataset holding teachers, ``seed<k>`` (one teacher per run seed)
+    then ``teacher-seed<t>`` (shared by run seeds, ``teacher.seeds``), by seed: (its name in
+    words, {label: fit}) for the teachers found in it with a recorded fit."""
+    found = []
+    for parent in (run_dir / d_slug).glob("*seed*"):
+        m = re.fullmatch(r"(teacher-)?seed(\d+)", parent.name)
+        if m and parent.is_dir():
+            found.append((bool(m[1]), int(m[2]), parent))
+    out = []
+    for shared, seed, parent in sorted(found, key=lambda f: f[:2]):
+        fits: dict[str, dict] = {}
+        for name, label in TEACHER_FITS:
+            fit = None if label in fits else _fit_of(parent / name)
+            if fit:
+                fits[label] = fit
+        if fits:
+            out.append((f"teacher seed {seed}" if shared else f"seed {seed}", fits))
+    return out
+
+
+def learning_sentence(label: str, fit: dict) -> str:
+    """One sentence on one teacher fit: steps taken, the best check, what stopped it, and
+    whether validation loss was still falling at the end (the last check within 1 % of the
+    best and the best among the last three checks) or had plateaued."""
+    checks = [h for h in fit.get("history") or [] if h.get("val_loss") is not None]
+    if not checks:
+        return f"{label}: no validation checks recorded."
+    best = fit.get("best") or min(checks, key=lambda h: h["val_loss"])
+    last, b = checks[-1], best["val_loss"]
+    steps = int(fit.get("steps") or last["step"])
+    falling = (last["val_loss"] - b <= 0.01 * abs(b)
+               and best["step"] in [h["step"] for h in checks[-3:]])
+    trend = "was still improving when it stopped" if falling else "had plateaued"
+    epochs = last.get("epoch")
+    over = f" over {epochs:.3g} epochs" if isinstance(epochs, (int, float)) else ""
+    stop = fit.get("stopped_by", "?")
+    if stop == "time_budget":
+        planned = fit.get("planned_steps")
+        of = f" at {steps:,} of {int(planned):,} planned steps" if planned else ""
+        why = ("the time budget: the safety cap (teacher.max_train_seconds) bound and cut the "
+               f"fit short{of}")
+    else:
+        why = STOPS.get(stop, str(stop))
+    return (f"{label}: {steps:,} optimizer steps{over}, {len(checks)} validation checks, the "
+            f"best (the checkpoint kept) at step {best['step']:,} with validation loss "
+            f"{_num(b, 3)} (last check {_num(last['val_loss'], 3)}); stopped by {why}; its "
+            f"validation loss {trend}.")
+
+
+def _learning_blocks(run_dir: Path, d: dict, fig_dir: Path, rep: dict) -> list[Block]:
+    """Per folder of teachers found (each seed's, or each shared teacher seed's), their train
+    and validation loss against step in one figure, and a sentence per teacher."""
+    groups = teacher_fit_groups(run_dir, d["slug"])
+    if not groups:
+        return []
+    B = [Block("h3", "Teacher learning curves")]
+    for who, fits in groups:
+        name = who.replace(" ", "")
+        path = FIG.learning_curves(fits, fig_dir / f"{d['slug']}-learning-{name}.png",
+                                   f"{d['dataset']}: teacher learning curves ({who})",
+                                   rep.get("dpi", 90))
+        B.append(Block("img", f"Teacher train and validation loss against optimizer step, "
+                              f"{who} (star: the best checkpoint, the one kept)", path=path))
+        B.append(Block("p", " ".join(learning_sentence(f"{label[0].upper()}{label[1:]}, {who}",
+                                                       fit) for label, fit in fits.items())))
     return B
 
 
