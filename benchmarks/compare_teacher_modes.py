@@ -15,7 +15,6 @@ upper bounds on time when the machine's two cores are shared.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from pathlib import Path

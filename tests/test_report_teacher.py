@@ -84,7 +84,7 @@ def test_sentence_without_checks():
 
 def _teacher_folder(folder: Path, fit: dict) -> Path:
     folder.mkdir(parents=True)
-    (folder / "meta.json").write_text(json.dumps({"schema_version": 1, "fit": fit}))
+    (folder / "teacher.json").write_text(json.dumps({"schema_version": 1, "fit": fit}))
     return folder
 
 
@@ -110,7 +110,7 @@ def test_learning_blocks_find_seed_and_shared_teacher_folders(tmp_path):
                     _fit([3.0, 2.0, 1.9, 1.95, 2.0, 2.1], "early_stopping"))
     _teacher_folder(run / "btc" / "teacher-seed7" / "teacher",
                     _fit([2.0, 1.0, 0.95], "time_budget"))
-    (run / "btc" / "seed1" / "teacher").mkdir(parents=True)  # not fitted: no meta.json
+    (run / "btc" / "seed1" / "teacher").mkdir(parents=True)  # not fitted: no teacher.json
     groups = teacher_fit_groups(run, "btc")
     assert [(who, list(fits)) for who, fits in groups] == [
         ("seed 0", ["teacher LLM", "teacher LLM (random-init backbone)"]),
@@ -239,3 +239,20 @@ def test_dataset_section_has_note_verdict_and_learning_curves(tmp_path):
     plain = _section(tmp_path / "none", None)
     assert not any("One teacher per market" in b.text for b in plain)
     assert [b.text for b in plain].count("Teacher learning curves") == 1
+
+
+def test_a_flat_curve_has_plateaued_and_the_variant_is_named():
+    from cmm.report.render import learning_sentence, what_trains
+
+    flat = [{"step": 13 * i, "val_loss": 0.5710 - 1e-5 * (i % 2), "train_loss": 0.7,
+             "epoch": i / 4} for i in range(8)]
+    fit = {"history": flat, "best": flat[7], "stopped_by": "early_stopping", "steps": 91,
+           "precision": "bf16", "device": "cpu",
+           "settings": {"finetune": "none", "depth": 6, "level_skip": True},
+           "backbone": {"name": "smollm2-135m", "init": "pretrained", "num_blocks": 6}}
+    text = learning_sentence("Teacher LLM", fit)
+    assert "had plateaued" in text
+    assert what_trains(fit) == ("smollm2-135m (pretrained), its first 6 blocks, frozen backbone "
+                                "(patch projection and heads train), with the level skip (a "
+                                "ridge on the window's level, held fixed); bf16 on cpu")
+    assert text.startswith("Teacher LLM (smollm2-135m (pretrained), its first 6 blocks")

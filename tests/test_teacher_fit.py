@@ -146,3 +146,18 @@ def test_layernorm_and_lora_train_both():
     model = build_teacher(load_backbone(TINY), 16, 4, tiny_config(finetune="layernorm+lora"))
     body = [n for n, p in model.named_parameters() if p.requires_grad and n.startswith("body.")]
     assert any("lora_" in n for n in body) and any("norm" in n for n in body)
+
+
+def test_early_stopping_windows_share_no_step_with_the_fit_windows(prepared):
+    """On a real capture: every validation window (its W input steps) starts after the last
+    training window's target has ended (its step + H), within a session and across sessions
+    on the joined timeline: the purge of H + W steps leaves no shared step."""
+    ds = prepared("binance-usdm-btcusdt")
+    W, H = ds.config.features.window, ds.config.features.horizon
+    samples = ds.samples.sort("global_step")
+    train = samples.filter(samples["split"] == "train")["global_step"].to_numpy()
+    val = samples.filter(samples["split"] == "validation")["global_step"].to_numpy()
+    assert len(train) and len(val)
+    last_train_target = train.max() + H  # a sample's step is its window's last step
+    first_val_input = val.min() - (W - 1)
+    assert first_val_input > last_train_target

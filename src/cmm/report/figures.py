@@ -175,7 +175,7 @@ STOPPED_BY = {"early_stopping": "early stopping", "epochs": "all epochs run",
 
 def learning_curves(fits: dict[str, dict], path: Path, title: str, dpi: int = 90) -> Path:
     """Train and validation loss against optimizer step of one or several teacher fits
-    (``fits[label]`` = the ``fit`` of a teacher's ``meta.json``: ``history``, ``best``,
+    (``fits[label]`` = the ``fit`` of a teacher's ``teacher.json``: ``history``, ``best``,
     ``stopped_by``), one colour per fit: validation solid with dots at the checks, train
     dashed, a star at the best checkpoint; the legend names what stopped each fit. Log y-axis
     when the losses span more than 10x."""

@@ -701,13 +701,36 @@ STOPS = {"early_stopping": "early stopping (validation loss no longer improving)
 
 
 def _fit_of(folder: Path) -> dict | None:
-    """The ``fit`` of a teacher folder's ``meta.json`` (None: no fitted teacher, or no
-    recorded checks)."""
-    meta = folder / "meta.json"
-    if not meta.is_file():
+    """The ``fit`` of a teacher folder's ``teacher.json``, with the teacher's ``settings`` and
+    ``backbone`` beside it (None: no fitted teacher, or no recorded checks)."""
+    from cmm.teacher.store import META_FILE
+
+    path = folder / META_FILE
+    if not path.is_file():
         return None
-    fit = json.loads(meta.read_text()).get("fit") or {}
-    return fit if fit.get("history") else None
+    meta = json.loads(path.read_text())
+    fit = meta.get("fit") or {}
+    if not fit.get("history"):
+        return None
+    return {**fit, "settings": meta.get("settings") or {}, "backbone": meta.get("backbone") or {}}
+
+
+def what_trains(fit: dict) -> str:
+    """The fitted variant in words: backbone and depth, what trains, level skip, precision."""
+    s, bb = fit.get("settings") or {}, fit.get("backbone") or {}
+    if not s:
+        return ""
+    depth = s.get("depth") or 0
+    blocks = bb.get("num_blocks")
+    part = {"none": "frozen backbone (patch projection and heads train)",
+            "layernorm": "layer norms train", "lora": "LoRA adapters train",
+            "layernorm+lora": "layer norms and LoRA adapters train"}.get(s.get("finetune"),
+                                                                         s.get("finetune"))
+    used = f"its first {depth} blocks" if depth else f"all {blocks} blocks" if blocks else "all"
+    skip = ", with the level skip (a ridge on the window's level, held fixed)" \
+        if s.get("level_skip") else ""
+    return (f"{bb.get('name', 'backbone')} ({bb.get('init', '?')}), {used}, {part}{skip}; "
+            f"{fit.get('precision', 'fp32')} on {fit.get('device', 'cpu')}")
 
 
 def teacher_fit_groups(run_dir: Path, d_slug: str) -> list[tuple[str, dict[str, dict]]]:
@@ -741,8 +764,10 @@ def learning_sentence(label: str, fit: dict) -> str:
     best = fit.get("best") or min(checks, key=lambda h: h["val_loss"])
     last, b = checks[-1], best["val_loss"]
     steps = int(fit.get("steps") or last["step"])
+    earlier = [h["val_loss"] for h in checks[:-3]]
     falling = (last["val_loss"] - b <= 0.01 * abs(b)
-               and best["step"] in [h["step"] for h in checks[-3:]])
+               and best["step"] in [h["step"] for h in checks[-3:]]
+               and (not earlier or b < min(earlier) - 1e-3 * abs(b)))  # a flat curve is flat
     trend = "was still improving when it stopped" if falling else "had plateaued"
     epochs = last.get("epoch")
     over = f" over {epochs:.3g} epochs" if isinstance(epochs, (int, float)) else ""
@@ -754,6 +779,8 @@ def learning_sentence(label: str, fit: dict) -> str:
                f"fit short{of}")
     else:
         why = STOPS.get(stop, str(stop))
+    trains = what_trains(fit)
+    label = f"{label} ({trains})" if trains else label
     return (f"{label}: {steps:,} optimizer steps{over}, {len(checks)} validation checks, the "
             f"best (the checkpoint kept) at step {best['step']:,} with validation loss "
             f"{_num(b, 3)} (last check {_num(last['val_loss'], 3)}); stopped by {why}; its "

@@ -166,11 +166,8 @@ class TeacherModel(nn.Module):
                 y = y + self.level_head(self.level(x.float()))
         return y
 
-    def _autocast(self):
-        return autocast(self.config.precision, self.adapter.proj.weight.device)
-
     def _body(self, embeds: torch.Tensor) -> torch.Tensor:
-        with self._autocast():
+        with autocast(self.config.precision, embeds.device, len(embeds)):
             return self.body(inputs_embeds=embeds, use_cache=False).last_hidden_state
 
     def final_state(self, x: torch.Tensor) -> torch.Tensor:
