@@ -175,7 +175,11 @@ def test_features_cover_every_split_and_refuse_stale(fitted, dataset):
     with torch.no_grad():
         direct = model(x, hidden=True)
     assert np.allclose(f.hidden[:5], direct.hidden.numpy(), atol=1e-2, rtol=1e-2)
-    assert np.allclose(f.pred[:5], model.to_units(direct.y).detach().numpy(), atol=1e-5)
+    # the cached pass ran in batches (bf16 on CPUs with AMX), this one at batch 5 (fp32): they
+    # agree to bf16's precision, relative to the spread of the predictions
+    scale = f.pred.std(axis=0)
+    assert np.allclose(f.pred[:5], model.to_units(direct.y).detach().numpy(), rtol=1e-2,
+                       atol=float(2e-2 * scale.max()))
     other = synthetic_dataset(n=(128, 48, 48), window=16, n_features=4, seed=5)
     with pytest.raises(StaleArtefactError, match="run `cmm teacher features` again"):
         load_features(out, "test", other)
