@@ -114,8 +114,11 @@ def test_whole_pipeline_writes_a_complete_report(tiny_run):
     for fig in ("equity", "quotes", "crash", "weights", "latency", "probe"):
         assert (run / "report" / "figures" / f"tiny-btcusdt-{fig}.png").is_file(), fig
         assert f"report/figures/tiny-btcusdt-{fig}.png" in md
+    # the teacher's learning curves (one figure for its seed: pretrained and random-init)
+    assert (run / "report" / "figures" / "tiny-btcusdt-learning-seed0.png").is_file()
+    assert "### Teacher learning curves" in md
     html = (run / "report.html").read_text()
-    assert html.count("src='data:image/png;base64,") == 6
+    assert html.count("src='data:image/png;base64,") == 7
     assert "src='figures" not in html and "http://" not in html and "https://" not in html
     assert "<table>" in html and "CMM (Hájek-MoE)" in html
 
@@ -155,7 +158,7 @@ def test_stage_folders_describe_themselves(tiny_run):
     teacher = json.loads((seed / "teacher" / "stage.json").read_text())
     assert features["inputs"]["teacher"] == teacher["key"]
     config = yaml.safe_load((tiny_run / "config.yaml").read_text())
-    assert config["teacher"]["patience"] == 3  # defaults written out
+    assert config["teacher"]["patience"] == 6  # defaults written out
     shared = tiny_run / "tiny-btcusdt" / "seed-independent"  # fixed does not use the seed
     assert (shared / "crash" / "fixed" / "episodes.csv").is_file()
     assert not (seed / "crash" / "fixed").exists()
