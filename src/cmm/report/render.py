@@ -520,12 +520,17 @@ def _r2(row: dict | None, task: str) -> float | None:
     return None if row is None else (row.get(f"r2_{task}") or {}).get("mean")
 
 
+R2_TIE = 5e-4
+
+
 def _against_yardsticks(tv: float, yard: list[tuple[str, float]]) -> str:
     """The teacher's R² ``tv`` against each yardstick ``(name, R²)``: "above ridge (0.1) and
     LightGBM (0.2)", "above ridge (0.1) but below LightGBM (0.4)", ..."""
     groups: dict[str, list[str]] = {}
     for name, v in yard:
-        rel = "above" if tv > v + 1e-12 else "below" if tv < v - 1e-12 else "level with"
+        # within 5e-4 of R^2 is a tie: the table shows 3 digits, and "0.771 below 0.771" says
+        # nothing a reader can use
+        rel = "above" if tv > v + R2_TIE else "below" if tv < v - R2_TIE else "level with"
         groups.setdefault(rel, []).append(f"{name} ({_num(v, 3)})")
     parts = [f"{rel} {' and '.join(names)}" for rel, names in groups.items()]
     return " but ".join(parts)
