@@ -24,17 +24,20 @@ def feature_names(levels: int) -> list[str]:
     )
 
 
+def _trailing_sum(x: np.ndarray, window: int) -> np.ndarray:
+    """Sum over the last ``window`` values including the current one (fewer at the start);
+    cumulative sums keep it O(n)."""
+    c = np.concatenate([[0.0], np.cumsum(x)])
+    idx = np.arange(1, len(x) + 1)
+    return c[idx] - c[np.maximum(idx - window, 0)]
+
+
 def _trailing_std(x: np.ndarray, window: int, min_periods: int) -> np.ndarray:
     """Std (ddof=0) over the last ``window`` values including the current one; NaN before
-    ``min_periods`` values exist. Cumulative sums keep it O(n)."""
-    n = len(x)
-    c1 = np.concatenate([[0.0], np.cumsum(x)])
-    c2 = np.concatenate([[0.0], np.cumsum(x * x)])
-    idx = np.arange(1, n + 1)
-    lo = np.maximum(idx - window, 0)
-    cnt = idx - lo
-    mean = (c1[idx] - c1[lo]) / cnt
-    var = np.maximum((c2[idx] - c2[lo]) / cnt - mean * mean, 0.0)
+    ``min_periods`` values exist."""
+    cnt = np.minimum(np.arange(1, len(x) + 1), window)
+    mean = _trailing_sum(x, window) / cnt
+    var = np.maximum(_trailing_sum(x * x, window) / cnt - mean * mean, 0.0)
     out = np.sqrt(var)
     out[cnt < min_periods] = np.nan
     return out
@@ -80,15 +83,9 @@ def step_features(steps: dict[str, np.ndarray], tick_size: float, cfg: FeatureCo
         np.sign(signed) * np.log1p(np.abs(signed)),
         np.log1p(buy + sell),
         np.nan_to_num(_trailing_std(ret, cfg.rv_window, 2)),
-        np.log1p(_trailing_sum((buy + sell) / lot_size, cfg.horizon)),
+        # clipped at 0: a difference of cumulative sums can round to just below it
+        np.log1p(np.maximum(_trailing_sum((buy + sell) / lot_size, cfg.horizon), 0.0)),
     ])
-
-
-def _trailing_sum(x: np.ndarray, window: int) -> np.ndarray:
-    """Sum over the last ``window`` values including the current one (fewer at the start)."""
-    c = np.concatenate([[0.0], np.cumsum(x)])
-    idx = np.arange(1, len(x) + 1)
-    return np.maximum(c[idx] - c[np.maximum(idx - window, 0)], 0.0)  # no -0 from rounding
 
 
 def sigma(mid: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
