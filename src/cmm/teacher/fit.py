@@ -93,14 +93,13 @@ def _pooled(model: TeacherModel, windows, batch_size: int) -> np.ndarray:
     return np.concatenate(out)
 
 
-def _level_ridge(model: TeacherModel, x_train, y_train: np.ndarray, x_val, y_val: np.ndarray,
-                 alphas: tuple[float, ...]):
-    """The level skip's ridge on every training window (cheap: summary features, no backbone)."""
-    from cmm.yardsticks import RidgeBaseline, summary_features
+def _level_ridge(model: TeacherModel, s_train: np.ndarray, y_train: np.ndarray,
+                 s_val: np.ndarray, y_val: np.ndarray, alphas: tuple[float, ...]):
+    """The level skip's ridge on the level (summary features) of every training window, set
+    into ``model.level_head``; cheap: no backbone pass."""
+    from cmm.yardsticks import RidgeBaseline
 
-    spans = model.config.level_spans
-    ridge = RidgeBaseline(alphas).fit(summary_features(x_train, spans), y_train,
-                                      summary_features(x_val, spans), y_val)
+    ridge = RidgeBaseline(alphas).fit(s_train, y_train, s_val, y_val)
     with torch.no_grad():
         model.level_head.weight.copy_(torch.as_tensor(ridge.coef_.T, dtype=torch.float32))
         model.level_head.bias.copy_(torch.as_tensor(
@@ -120,10 +119,11 @@ def init_heads(model: TeacherModel, x_train, y_train: np.ndarray, x_val, y_val: 
     info: dict = {}
     y_rest_train, y_rest_val = y_train[pick], y_val
     if model.level_head is not None:
-        level = _level_ridge(model, x_train, y_train, x_val, y_val, alphas)
         spans = model.config.level_spans
-        y_rest_train = y_train[pick] - level.predict(summary_features(x_train.take(pick), spans))
-        y_rest_val = y_val - level.predict(summary_features(x_val, spans))
+        s_train, s_val = summary_features(x_train, spans), summary_features(x_val, spans)
+        level = _level_ridge(model, s_train, y_train, s_val, y_val, alphas)
+        y_rest_train = y_train[pick] - level.predict(s_train[pick])
+        y_rest_val = y_val - level.predict(s_val)
         info["level"] = {"windows": len(x_train), "alpha": level.alpha_,
                          "val_mse_std": level.val_mse_}
     x_pick = x_train.take(pick)
@@ -269,7 +269,7 @@ def fit_teacher(dataset: TeacherDataset, config: TeacherConfig | None = None,
     resume = _load_checkpoint(ckpt_path, fingerprint)
     loop = _Loop(model, data, config, device, result, on_progress)
     if resume is None:
-        loop.start(dataset)
+        loop.start()
     else:
         loop.restore(resume)
     loop.train(lambda state: ckpt_path and _save_checkpoint(
@@ -335,7 +335,7 @@ class _Loop:
             self.bad_checks += 1
         return self.bad_checks >= self.config.patience
 
-    def start(self, dataset: TeacherDataset) -> None:
+    def start(self) -> None:
         """Warm start (ridge heads), then the starting point is the first checkpoint:
         fine-tuning must beat it to replace it."""
         t0 = time.perf_counter()
