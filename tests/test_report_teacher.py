@@ -111,14 +111,18 @@ def test_learning_blocks_find_seed_and_shared_teacher_folders(tmp_path):
     _teacher_folder(run / "btc" / "teacher-seed7" / "teacher",
                     _fit([2.0, 1.0, 0.95], "time_budget"))
     (run / "btc" / "seed1" / "teacher").mkdir(parents=True)  # not fitted: no teacher.json
-    groups = teacher_fit_groups(run, "btc")
-    assert [(who, list(fits)) for who, fits in groups] == [
-        ("seed 0", ["teacher LLM", "teacher LLM (random-init backbone)"]),
+    per_seed = {"seeds": [0, 1], "config": {"teacher": {}}}  # one teacher per run seed
+    shared = {"seeds": [0, 1], "config": {"teacher": {"seeds": [7]}}}  # teacher.seeds: [7]
+    assert [(who, list(fits)) for who, fits in teacher_fit_groups(run, "btc", per_seed)] == [
+        ("seed 0", ["teacher LLM", "teacher LLM (random-init backbone)"])]
+    assert [(who, list(fits)) for who, fits in teacher_fit_groups(run, "btc", shared)] == [
         ("teacher seed 7", ["teacher LLM"])]
 
     figs = tmp_path / "figures"
     figs.mkdir()
-    blocks = _learning_blocks(run, {"slug": "btc", "dataset": "BTC"}, figs, {"dpi": 50})
+    d = {"slug": "btc", "dataset": "BTC"}
+    blocks = (_learning_blocks(run, per_seed, d, figs, {"dpi": 50})
+              + _learning_blocks(run, shared, d, figs, {"dpi": 50})[1:])
     assert [b.kind for b in blocks] == ["h3", "img", "p", "img", "p"]
     assert blocks[0].text == "Teacher learning curves"
     assert blocks[1].path == figs / "btc-learning-seed0.png" and _is_png(blocks[1].path)
@@ -128,7 +132,7 @@ def test_learning_blocks_find_seed_and_shared_teacher_folders(tmp_path):
     assert "Teacher LLM (random-init backbone), seed 0: 500 optimizer steps" in seed0
     assert "still improving when it stopped" in seed0 and "had plateaued" in seed0
     assert "the safety cap (teacher.max_train_seconds) bound" in blocks[4].text
-    assert _learning_blocks(run, {"slug": "eth", "dataset": "ETH"}, figs, {}) == []
+    assert _learning_blocks(run, per_seed, {"slug": "eth", "dataset": "ETH"}, figs, {}) == []
 
 
 # -------------------------------------------------------------------- prediction verdict

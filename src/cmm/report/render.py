@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import html
 import json
-import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,7 @@ import polars as pl
 
 from cmm.io import atomic_path, read_parquet, reading, write_json
 from cmm.report import figures as FIG
-from cmm.report.tables import TASKS, backtest_dir, build_tables, flip, missing_cells
+from cmm.report.tables import TASKS, backtest_dir, build_tables, flip, missing_cells, run_layout
 
 
 @dataclass
@@ -435,7 +434,7 @@ def _dataset_blocks(run_dir: Path, manifest: dict, d: dict, t: dict, fig_dir: Pa
     B += _prediction_blocks(t.get("prediction", []))
     if t.get("teacher_seeds_note"):
         B.append(Block("p", t["teacher_seeds_note"]))
-    B += _learning_blocks(run_dir, d, fig_dir, rep)
+    B += _learning_blocks(run_dir, manifest, d, fig_dir, rep)
     B += _rl_gap_blocks(t.get("rl_sim_gap", []))
     B += _probe_blocks(run_dir, manifest, d, fig_dir)
     B += _figure_blocks(run_dir, manifest, d, t, fig_dir, rep)
@@ -738,24 +737,29 @@ def what_trains(fit: dict) -> str:
             f"{fit.get('precision', 'fp32')} on {fit.get('device', 'cpu')}")
 
 
-def teacher_fit_groups(run_dir: Path, d_slug: str) -> list[tuple[str, dict[str, dict]]]:
-    """Every folder of the dataset holding teachers, ``seed<k>`` (one teacher per run seed)
-    then ``teacher-seed<t>`` (shared by run seeds, ``teacher.seeds``), by seed: (its name in
-    words, {label: fit}) for the teachers found in it with a recorded fit."""
-    found = []
-    for parent in (run_dir / d_slug).glob("*seed*"):
-        m = re.fullmatch(r"(teacher-)?seed(\d+)", parent.name)
-        if m and parent.is_dir():
-            found.append((bool(m[1]), int(m[2]), parent))
-    out = []
-    for shared, seed, parent in sorted(found, key=lambda f: f[:2]):
+def teacher_fit_groups(run_dir: Path, d_slug: str, manifest: dict
+                       ) -> list[tuple[str, dict[str, dict]]]:
+    """The dataset's teachers, located by :mod:`cmm.pipeline.layout` (one folder per run seed,
+    or one per shared teacher seed with ``teacher.seeds``), in run-seed order: (the folder's
+    name in words, {label: fit}) for the teachers found in it with a recorded fit."""
+    from cmm.pipeline.layout import teacher_folder, teacher_seed, teacher_seed_list
+
+    layout = run_layout(manifest)
+    shared = teacher_seed_list(layout) is not None
+    out, seen = [], set()
+    for seed in manifest["seeds"]:
+        parent = teacher_folder(run_dir, d_slug, seed, layout).parent
+        if parent in seen:
+            continue
+        seen.add(parent)
         fits: dict[str, dict] = {}
         for name, label in TEACHER_FITS:
             fit = None if label in fits else _fit_of(parent / name)
             if fit:
                 fits[label] = fit
         if fits:
-            out.append((f"teacher seed {seed}" if shared else f"seed {seed}", fits))
+            who = f"teacher seed {teacher_seed(layout, seed)}" if shared else f"seed {seed}"
+            out.append((who, fits))
     return out
 
 
@@ -792,10 +796,11 @@ def learning_sentence(label: str, fit: dict) -> str:
             f"validation loss {trend}.")
 
 
-def _learning_blocks(run_dir: Path, d: dict, fig_dir: Path, rep: dict) -> list[Block]:
+def _learning_blocks(run_dir: Path, manifest: dict, d: dict, fig_dir: Path, rep: dict
+                     ) -> list[Block]:
     """Per folder of teachers found (each seed's, or each shared teacher seed's), their train
     and validation loss against step in one figure, and a sentence per teacher."""
-    groups = teacher_fit_groups(run_dir, d["slug"])
+    groups = teacher_fit_groups(run_dir, d["slug"], manifest)
     if not groups:
         return []
     B = [Block("h3", "Teacher learning curves")]

@@ -224,7 +224,7 @@ def skipped_decisions(folder: Path) -> tuple[int, int]:
     return int((acted == 0).sum()), int(len(acted))
 
 
-def _layout(manifest: dict) -> dict:
+def run_layout(manifest: dict) -> dict:
     """What :mod:`cmm.pipeline.layout` reads of a run: its seeds and teacher settings (a
     manifest from before ``teacher.seeds``: one teacher per seed, in the seed's folder)."""
     return {"seeds": manifest["seeds"],
@@ -254,7 +254,7 @@ def prediction_metrics(run_dir: Path, manifest: dict, dataset: dict) -> dict[str
                     rows[name].setdefault(f"mse_{t}", []).append(m.get("mse"))
     for name, t_name in (("teacher", "teacher"), ("teacher-random", "teacher-random"),
                          ("teacher-random", "control/teacher")):
-        for folder in teacher_folders(run_dir, dataset["slug"], _layout(manifest), t_name):
+        for folder in teacher_folders(run_dir, dataset["slug"], run_layout(manifest), t_name):
             path = folder / "metrics.json"
             if path.is_file():
                 test = _json(path)["models"]["teacher"]["test"]
@@ -287,7 +287,7 @@ def prediction_table(run_dir: Path, manifest: dict, dataset: dict, gates: dict,
     policies = {p["slug"]: p for p in manifest["policies"]}
     vals: dict[str, dict[str, list]] = {}
     windows: dict[str, list] = {}
-    layout, slug, seen = _layout(manifest), dataset["slug"], set()
+    layout, slug, seen = run_layout(manifest), dataset["slug"], set()
 
     def first_time(folder: Path) -> bool:
         new = folder not in seen
@@ -356,7 +356,7 @@ def teacher_seeds_note(manifest: dict, dataset: dict) -> str | None:
     teacher per market (seed 0), distilled by student seeds 0, 1 and 2." None when each run seed
     fitted its own teacher (or the run is older than ``teacher_seeds``)."""
     used = manifest.get("teacher_seeds")
-    if not used or _layout(manifest)["teacher"].get("seeds") is None:
+    if not used or run_layout(manifest)["teacher"].get("seeds") is None:
         return None
     by_teacher: dict[int, list[str]] = {}
     for seed in manifest["seeds"]:
