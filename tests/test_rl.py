@@ -200,7 +200,8 @@ def test_window_summary_is_last_step_and_mean():
 
 @pytest.fixture(scope="module")
 def tiny_agents(ds, tmp_path_factory):
-    from cmm.rl.agent import load_agent, train_agent
+    from cmm.rl.agent import load_agent
+    from cmm.rl.train import train_agent
 
     out = {}
     for algo in ("ppo", "dqn"):
@@ -217,7 +218,8 @@ def _probe_obs(ds, agent, n=64):
 
 @pytest.mark.parametrize("algo", ["ppo", "dqn"])
 def test_same_seed_same_policy_other_seed_differs(ds, tiny_agents, tmp_path, algo):
-    from cmm.rl.agent import load_agent, train_agent
+    from cmm.rl.agent import load_agent
+    from cmm.rl.train import train_agent
 
     _, first = tiny_agents[algo]
     again = load_agent(train_agent(ds, tiny_config(algo), tmp_path / "again").folder)
@@ -248,7 +250,8 @@ def test_artefact_is_safetensors_and_json_and_acts_like_sb3(ds, tiny_agents, alg
 
 
 def test_continuous_ppo_acts_like_sb3(ds, tmp_path):
-    from cmm.rl.agent import load_agent, train_agent
+    from cmm.rl.agent import load_agent
+    from cmm.rl.train import train_agent
 
     cfg = tiny_config("ppo", action_space="continuous")
     agent = load_agent(train_agent(ds, cfg, tmp_path / "c").folder)

@@ -23,7 +23,7 @@ def ds(prepared):
 
 
 def test_training_writes_the_sim_gap_on_validation(ds, tmp_path):
-    from cmm.rl.agent import SIM_GAP_FILE, train_agent
+    from cmm.rl.train import SIM_GAP_FILE, train_agent
     from cmm.rl.env import plan_episodes
     from cmm.rl.market import market_from_dataset
 

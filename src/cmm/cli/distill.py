@@ -16,9 +16,6 @@ DatasetOpt = Annotated[str, typer.Option(
 
 
 def register(app: typer.Typer) -> None:
-    from cmm.strategy.policy import register_policy
-
-    register_policy("cmm", module="cmm.moe.policy")  # lazy: imported when a backtest asks
     app.command("distill")(distill)
     app.command("moe")(moe)
 

@@ -25,10 +25,6 @@ rl_app = typer.Typer(help="RL market-making baselines (stable-baselines3 PPO and
 
 
 def register(app: typer.Typer) -> None:
-    from cmm.strategy.policy import register_policy
-
-    for name in ("rl", "ppo", "dqn"):  # lazy: imported when a backtest asks
-        register_policy(name, module="cmm.rl.policy")
     app.add_typer(rl_app, name="rl")
 
 
@@ -62,7 +58,7 @@ def train(
     cfg = validate_model(RLConfig, data)
     ds = prepare_dataset(dataset)
 
-    from cmm.rl.agent import train_agent
+    from cmm.rl.train import train_agent
 
     def log(entry: dict) -> None:
         star = " *" if entry.get("best") else ""

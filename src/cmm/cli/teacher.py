@@ -35,11 +35,8 @@ ConfigOpt = Annotated[Path | None, typer.Option(
 
 
 def register(app: typer.Typer) -> None:
-    from cmm.strategy.policy import register_policy
-
     app.add_typer(teacher_app, name="teacher")
     app.command("probe")(probe)
-    register_policy("teacher", module="cmm.teacher.policy")  # lazy: imported by a backtest
 
 
 @contextlib.contextmanager

@@ -140,14 +140,12 @@ class Pipeline:
 
     def check(self) -> None:
         """What can be known wrong before the first stage (see :mod:`cmm.pipeline.checks`)."""
-        import cmm.cli  # noqa: F401 - every stage's CLI registers its policies
         from cmm.pipeline.checks import check_run
         from cmm.strategy.policy import available_policies
 
         check_run(self.config, self.source, self._dataset_arg, available_policies())
 
     def _run(self) -> Path:
-        import cmm.cli  # noqa: F401 - every stage's CLI registers its policies
         from cmm.strategy.policy import available_policies
 
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -490,7 +488,7 @@ class Pipeline:
                              prefix=("rl_settings",))
 
         def work(out: Path, on_progress) -> dict:
-            from cmm.rl.agent import train_agent
+            from cmm.rl.train import train_agent
 
             result = train_agent(ds, cfg, out)
             return {"training": result.meta.get("training"),

@@ -12,11 +12,12 @@ reads that. Modules, in the order data flows:
   step; its simplifications are listed there);
 - :mod:`cmm.rl.env`: the gymnasium environment; reward = change of the marked-to-market PnL
   minus ``inventory_penalty * (q/Q)^2``;
-- :mod:`cmm.rl.agent`: training with validation selection, the safetensors artefact, the
-  batch-1 latency;
+- :mod:`cmm.rl.agent`: the saved agent (safetensors artefact, load, batch-1 latency);
 - :mod:`cmm.rl.policy`: the ``rl`` / ``ppo`` / ``dqn`` policies, solved closed-loop in the
   hftbacktest replay by fixed-point iteration over replays (the agent sees the inventory the
-  replay produced, exactly, once the iteration converges).
+  replay produced, exactly, once the iteration converges);
+- :mod:`cmm.rl.train`: training with validation selection, then the simulator-vs-hftbacktest
+  check of the saved agent (through the policy).
 
 Budget: defaults are 400k environment steps for PPO (4 envs) and 200k for DQN, with a hard stop
 at 540 s of training (``max_train_seconds``), so one run stays under 10 minutes on this 2-core

@@ -213,10 +213,13 @@ class PrecomputedPolicy(Policy):
 
 _REGISTRY: dict[str, Callable[..., Policy]] = {}
 # Names whose classes live in modules imported on first use (so that `cmm backtest` does not
-# import torch for a rule-based policy). Other stages add theirs with register_policy.
+# import torch for a rule-based policy).
+# This table is the one list of policy names: a new policy adds its line here and nowhere else.
 _LAZY: dict[str, str] = {"fixed": "cmm.strategy.baselines", "as": "cmm.strategy.baselines",
                          "oracle": "cmm.strategy.baselines", "ridge": "cmm.yardsticks.policy",
-                         "lgbm": "cmm.yardsticks.policy"}
+                         "lgbm": "cmm.yardsticks.policy", "teacher": "cmm.teacher.policy",
+                         "cmm": "cmm.moe.policy", "rl": "cmm.rl.policy", "ppo": "cmm.rl.policy",
+                         "dqn": "cmm.rl.policy"}
 
 
 def register_policy(name: str, module: str | None = None):

@@ -1,0 +1,98 @@
+"""Structure rules of the package: no import circle (top-level or inside functions), and the
+policy registry complete without the CLI (issue 12)."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+def _modules() -> dict[str, Path]:
+    mods = {}
+    for path in SRC.rglob("*.py"):
+        parts = path.relative_to(SRC).with_suffix("").parts
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        mods[".".join(parts)] = path
+    return mods
+
+
+def _import_graph(mods: dict[str, Path]) -> dict[str, set[str]]:
+    """Module -> the cmm modules it imports anywhere in its body (function-level included).
+    ``from a.b import c`` counts as importing ``a.b.c`` when that is a module, else ``a.b``."""
+
+    def owner(name: str) -> str | None:
+        while name and name not in mods:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    graph: dict[str, set[str]] = {m: set() for m in mods}
+    for name, path in mods.items():
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                targets = [f"{node.module}.{a.name}" for a in node.names]
+            else:
+                continue
+            for target in targets:
+                dep = owner(target) if target.startswith("cmm") else None
+                # a package's __init__ re-exporting its own modules is not a circle
+                if dep and dep != name and not name.startswith(dep + "."):
+                    graph[name].add(dep)
+    return graph
+
+
+def _find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}  # 1 on the stack, 2 done
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for dep in sorted(graph.get(node, ())):
+            if state.get(dep) == 1:
+                return stack[stack.index(dep):] + [dep]
+            if dep not in state and (found := visit(dep)):
+                return found
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (found := visit(node)):
+            return found
+    return None
+
+
+def test_the_cycle_finder_sees_a_hand_made_circle():
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+    assert _find_cycle(graph) == ["a", "b", "c", "a"]
+    assert _find_cycle({"a": {"b"}, "b": set(), "c": {"a", "b"}}) is None
+
+
+def test_no_import_circle_in_the_package():
+    graph = _import_graph(_modules())
+    assert graph["cmm.pipeline.run"], "the graph reads no imports: the walker is broken"
+    assert _find_cycle(graph) is None
+
+
+def test_the_pipeline_does_not_import_the_cli():
+    graph = _import_graph(_modules())
+    for name, deps in graph.items():
+        if not name.startswith("cmm.cli") and name != "cmm.__main__":
+            assert not any(d.startswith("cmm.cli") for d in deps), name
+
+
+def test_every_policy_is_known_without_importing_the_cli():
+    code = ("import sys; from cmm.strategy.policy import available_policies; "
+            "assert not any(m.startswith('cmm.cli') for m in sys.modules); "
+            "print(' '.join(available_policies()))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert set(out) == {"as", "cmm", "dqn", "fixed", "lgbm", "oracle", "ppo", "ridge", "rl",
+                        "teacher"}
