@@ -3,10 +3,10 @@
     python scripts/readme_results.py runs/paper
 
 The README's tables between ``<!-- results:start -->`` and ``<!-- results:end -->`` are replaced
-by the run report's own Markdown (its "Datasets" table, its "Overview across markets" section
-and each market's main table), so the README shows exactly what the report says; the whole
-report (``report.md`` and its figures) is copied to ``docs/results/<name>/``. Nothing is
-recomputed here.
+by the run report's own Markdown (its "The answer" section, its "Datasets" table, its
+"Overview across markets" section and each market's main table), so the README shows exactly
+what the report says; the whole report (``report.md`` and its figures) is copied to
+``docs/results/<name>/``. Nothing is recomputed here.
 """
 
 from __future__ import annotations
@@ -38,8 +38,12 @@ def demote(md: str, by: int) -> str:
 
 
 def results_block(report_md: str, figures_rel: str) -> str:
+    """The README's results: the report's provenance, "The answer", "Datasets", "Overview
+    across markets" and each market's main table, one heading level down."""
     top = dict(sections(report_md, 2))
     parts = [report_md.split("\n## ", 1)[0].split("\n", 2)[2].strip()]  # provenance paragraphs
+    if "The answer" in top:  # the first screen, as in the report (older reports lack it)
+        parts.append("### The answer\n\n" + demote(top["The answer"], 1))
     parts.append("### Datasets\n\n" + top["Datasets"])
     if "Overview across markets" in top:
         parts.append("### Overview across markets\n\n" + demote(top["Overview across markets"], 1))

@@ -58,22 +58,54 @@ def _interval(p: dict) -> str:
     return f"[{_num(p['low'], 3)}, {_num(p['high'], 3)}]"
 
 
-def verdict_clause(p: dict) -> str:
+def _delta(p: dict | None) -> str:
+    """A comparison's cell: its mean and [low, high] ("–" where there is none)."""
+    return "–" if p is None else f"{_num(p['mean'], 3)} {_interval(p)}"
+
+
+def _p_value(p: dict) -> str:
+    return "–" if p.get("p_value") is None else f"{p['p_value']:.3g}"
+
+
+def _verdict(p: dict) -> str:
+    # dicts without a verdict (older tables): the interval alone decides
+    return p.get("verdict") or ("better" if p["low"] > 0 else "worse" if p["high"] < 0 else "")
+
+
+def untested_note(p: dict) -> str:
+    """Why a comparison whose interval excludes 0 is still "not distinguishable": the Wilcoxon
+    test does not reject. "" where the verdict is better / worse or the interval holds 0 (a
+    reader otherwise sees an interval off 0 called not distinguishable, a contradiction)."""
+    if _verdict(p) in ("better", "worse") or not (p["low"] > 0 or p["high"] < 0):
+        return ""
+    if p.get("p_value") is None:
+        return "the interval excludes 0 but the Wilcoxon test gives no p-value"
+    return f"the interval excludes 0 but the Wilcoxon test does not reject (p {_p_value(p)})"
+
+
+def verdict_clause(p: dict, with_p: bool = False) -> str:
     """One comparison in words (``p``: :func:`cmm.report.tables.compare` or
     ``PairedDifference.to_dict()`` with ``a_label``, ``b_label``): "better" / "worse" only where
     the 95 % interval of ``a - b`` excludes 0 and the Wilcoxon test agrees (the verdict of
     :class:`cmm.backtest.stats.PairedDifference`), else "not distinguishable with N episodes",
-    with the minimum detectable difference."""
+    with the minimum detectable difference (``with_p``: the Wilcoxon p instead, shorter), and
+    the p where the interval excludes 0 all the same (:func:`untested_note`)."""
     a, b = p.get("a_label", "a"), p.get("b_label", "b")
+    note = untested_note(p)
     delta = f"Δ {_num(p['mean'], 3)} {_interval(p)}"
-    verdict = p.get("verdict") or ("better" if p["low"] > 0 else "worse" if p["high"] < 0
-                                   else "")
+    if with_p and note:
+        delta += f"; {note}"
+    elif with_p and p.get("p_value") is not None:  # None: every difference is 0
+        delta += f", p {_p_value(p)}"
+    verdict = _verdict(p)
     if verdict == "better":
         return f"{a} is better than {b} ({delta})"
     if verdict == "worse":
         return f"{a} is worse than {b} ({delta})"
-    return (f"{a} and {b} are not distinguishable with {p['n']} episodes ({delta}; "
-            f"minimum detectable difference {_num(p['min_detectable'], 3)})")
+    if not with_p:
+        delta += f"; minimum detectable difference {_num(p['min_detectable'], 3)}"
+        delta += f"; {note}" if note else ""
+    return f"{a} and {b} are not distinguishable with {p['n']} episodes ({delta})"
 
 
 PAIRED_HEADERS = ["comparison (a − b)", "mean Δ", "95 % interval", "Wilcoxon p",
@@ -81,22 +113,22 @@ PAIRED_HEADERS = ["comparison (a − b)", "mean Δ", "95 % interval", "Wilcoxon 
 
 
 def _paired_rows(pairs: list[dict]) -> list[list[str]]:
-    return [[p["label"], _num(p["mean"], 4), _interval(p),
-             "–" if p.get("p_value") is None else f"{p['p_value']:.3g}",
+    return [[p["label"], _num(p["mean"], 4), _interval(p), _p_value(p),
              _num(p["min_detectable"], 3), str(p["n"]), p["verdict"]] for p in pairs]
 
 
 def paired_sentence(pairs: list[dict], what: str = "EPnL") -> str:
     """The sentence under a table: every comparison's verdict (see :func:`verdict_clause`);
     the comparisons of one policy that are not distinguishable (same episode count) in one
-    clause, with the range of their minimum detectable differences."""
+    clause, with the range of their minimum detectable differences, except those whose
+    interval excludes 0: each of those on its own, with its p."""
     if not pairs:
         return ""
     order: list[tuple] = []  # ("one", pair) or ("group", (a label, n)), in table order
     groups: dict[tuple, list[dict]] = {}
     for p in pairs:
-        if p.get("verdict") in ("better", "worse"):
-            order.append(("one", p))
+        if p.get("verdict") in ("better", "worse") or untested_note(p):
+            order.append(("one", p))  # alone: its clause gives the p (see untested_note)
             continue
         key = (p.get("a_label", "a"), p["n"])
         if key not in groups:
@@ -139,6 +171,125 @@ def _vs_cmm(pairs: list[dict], slug: str) -> str:
     return ""
 
 
+
+# --------------------------------------------------------------------------- the first screen
+
+RULE_BASED = ("fixed", "as")  # fixed spread, Avellaneda-Stoikov
+YARDSTICKS = ("ridge", "lgbm")
+# (a, b) of the price-of-latency comparisons the first screen shows, with their column
+LATENCY_PRICE = ((("teacher", "teacher-zero-latency"), "LLM's slowness costs: teacher − "
+                  "teacher at zero latency, Δ [95 %]"),
+                 (("cmm", "cmm-teacher-latency"), "CMM's speed is worth: CMM − CMM at the "
+                  "teacher's latency, Δ [95 %]"))
+ANSWER_HEADERS = ["market", "CMM − teacher, Δ [95 %]", "Wilcoxon p", "CMM against the teacher",
+                  "speed-up", "best rule-based quoter", "CMM − it, Δ [95 %]",
+                  "CMM against it", "best yardstick", "CMM − it, Δ [95 %]", "CMM against it",
+                  *(h for _, h in LATENCY_PRICE)]
+
+
+def best_of(t: dict, slugs: tuple[str, ...]) -> dict | None:
+    """The main-table row among ``slugs`` with the highest mean test EPnL (None: none ran)."""
+    rows = [r for r in t.get("main", []) if r["slug"] in slugs and not r.get("missing")
+            and (r.get("EPnL") or {}).get("mean") is not None]
+    return max(rows, key=lambda r: r["EPnL"]["mean"], default=None)
+
+
+def answer_parts(t: dict) -> dict | None:
+    """What the first screen says of one market, from its tables: CMM against its teacher
+    (and the latency ratio), against the best rule-based quoter and the best yardstick, and
+    the price of latency. None where CMM or the teacher did not run."""
+    main = {r["slug"]: r for r in t.get("main", []) if not r.get("missing")}
+    c, te = main.get("cmm"), main.get("teacher")
+    if not c or not te:
+        return None
+    rivals = {}
+    for role, slugs in (("rule", RULE_BASED), ("yard", YARDSTICKS)):
+        row = best_of(t, slugs)
+        ran = sum(s in main for s in slugs)
+        rivals[role] = (row, None if row is None else _pair(t, "cmm", row["slug"]), ran)
+    lp = (t.get("latency_price") or {}).get("paired", [])
+    price = [next((p for p in lp if (p["a"], p["b"]) == ab), None) for ab, _ in LATENCY_PRICE]
+    return {"teacher": _pair(t, "cmm", "teacher"), "speedup": _speedup(c, te),
+            **rivals, "price": price}
+
+
+def _verdict_cell(p: dict | None) -> str:
+    if p is None:
+        return "–"
+    note = untested_note(p)
+    return p["verdict"] + (f" (Wilcoxon p {_p_value(p)})" if note else "")
+
+
+def _marked(p: dict | None) -> str:
+    mark = p["verdict"] if p is not None and p["verdict"] in ("better", "worse") else ""
+    return _delta(p) + (f" ({mark})" if mark else "")
+
+
+def answer_row(market: str, a: dict) -> list[str]:
+    """One market's row of the first-screen table (see :data:`ANSWER_HEADERS`)."""
+    pt = a["teacher"]
+    # the teacher's p has its own column; the rivals' verdicts carry it where needed
+    row = [market, _delta(pt), "–" if pt is None else _p_value(pt),
+           "–" if pt is None else pt["verdict"], _times(a["speedup"])]
+    for role in ("rule", "yard"):
+        best, pair, _ = a[role]
+        row += ["–" if best is None else best["label"], _delta(pair), _verdict_cell(pair)]
+    return row + [_marked(p) for p in a["price"]]
+
+
+def answer_sentence(market: str, a: dict) -> str:
+    """One sentence of one market, from the numbers of its row only: "better" / "worse" only
+    where the verdict says so (:func:`verdict_clause`, with the Wilcoxon p); a part whose
+    comparison is missing is left out."""
+    parts = []
+    r = a["speedup"]
+    lat = ("" if r is None else f" at {_times(r)} lower latency" if r >= 1
+           else f" at {_times(1 / r)} higher latency")
+    if a["teacher"] is not None:
+        parts.append(verdict_clause({**a["teacher"], "a_label": "CMM",
+                                     "b_label": "its teacher"}, with_p=True) + lat)
+    elif lat:
+        parts.append(f"CMM decides{lat} than its teacher")
+    for role, what in (("rule", "rule-based quoter"), ("yard", "yardstick")):
+        best, pair, ran = a[role]
+        if pair is not None:
+            who = f"the {'best ' if ran > 1 else ''}{what} {best['label']}"
+            parts.append(verdict_clause({**pair, "a_label": "CMM", "b_label": who},
+                                        with_p=True))
+    parts += [f"{p['meaning']}: {verdict_clause(p, with_p=True)}" for p in a["price"]
+              if p is not None]
+    return f"{market}: " + "; ".join(parts) + "."
+
+
+def answer_blocks(manifest: dict, tables: dict) -> list[Block]:
+    """The report's first screen: per market, CMM against its teacher, the best rule-based
+    quoter and the best yardstick, and the price of latency, in one table and one sentence
+    each (no section where no market has both CMM and the teacher)."""
+    rows, sentences, tiers = [], [], []
+    for d in manifest["datasets"]:
+        t = tables.get(d["slug"]) or {}
+        a = answer_parts(t)
+        if a is None:
+            continue
+        rows.append(answer_row(d["dataset"], a))
+        sentences.append(answer_sentence(d["dataset"], a))
+        tiers.append(t.get("fee_tier", "base"))
+    if not rows:
+        return []
+    tier = (f"the {tiers[0]} fee tier" if len(set(tiers)) == 1 else
+            "each market's headline fee tier (" + ", ".join(
+                f"{r[0]}: {x}" for r, x in zip(rows, tiers)) + ")")
+    cap = (f"per market, net PnL per test episode at {tier}; Δ: per-episode difference, paired "
+           "over the same test episodes, mean with its 95 % block-bootstrap interval; better / "
+           "worse only where that interval excludes 0 and the Wilcoxon p is below 0.05 (an "
+           "interval off 0 with a larger p: not distinguishable, its p beside it); speed-up: "
+           "teacher latency / CMM latency; best rule-based quoter: the higher mean test EPnL of "
+           "fixed spread and Avellaneda-Stoikov; best yardstick: of ridge and LightGBM; the "
+           "last two columns: the price of latency, (better) / (worse) as above; –: not run")
+    return [Block("h2", "The answer"), Block("table", cap, ANSWER_HEADERS, rows),
+            *(Block("p", s) for s in sentences)]
+
+
 # ------------------------------------------------------------------------------ the document
 
 
@@ -170,9 +321,10 @@ def _doc(run_dir: Path, manifest: dict, tables: dict, fig_dir: Path) -> list[Blo
                         "policies' net PnL on the same test episodes, the mean difference with "
                         "a 95 % block-bootstrap interval (seeds as strata) and a Wilcoxon "
                         "p-value; a policy is called better or worse only where that interval "
-                        "excludes 0."))
+                        "excludes 0 and the Wilcoxon test rejects at the 5 % level."))
     for s in manifest.get("skipped", []):
         B.append(Block("p", f"Left out: **{s['policy']}**, {s['reason']}."))
+    B += answer_blocks(manifest, tables)  # the first screen: what the run found
     B.append(Block("h2", "Datasets"))
     B.append(Block("table", "", ["dataset", "sessions", "hours", "grid", "train / val / test "
                                  "windows", "test regimes (low/mid/high)", "test episodes",
@@ -252,7 +404,7 @@ def _across(tables: dict, ds: list[dict], key: str, metric: str = "EPnL",
 
 MARKS = ("(better) / (worse): against CMM's row (for the teacher control: against the "
          "pretrained teacher) by the paired per-episode difference, whose 95 % interval "
-         "excludes 0; unmarked: not distinguishable")
+         "excludes 0 and whose Wilcoxon p is below 0.05; unmarked: not distinguishable")
 
 
 def _overview_blocks(run_dir: Path, manifest: dict, tables: dict) -> list[Block]:
@@ -272,30 +424,7 @@ def _overview_blocks(run_dir: Path, manifest: dict, tables: dict) -> list[Block]
                         f"best of {n_rank}; the oracle is a check and takes no rank); "
                         f"{MARKS}", headers + ["mean rank"], rows)]
 
-    pair_rows = []
-    for d in ds:
-        main = {r["slug"]: r for r in tables[d["slug"]]["main"] if not r.get("missing")}
-        c, te = main.get("cmm"), main.get("teacher")
-        if not c or not te:
-            continue
-        lc, lt = (c.get("latency_ms") or {}).get("mean"), (te.get("latency_ms") or {}).get("mean")
-        pd_ = next((p for p in tables[d["slug"]].get("paired", {}).get("main", [])
-                    if p["a"] == "cmm" and p["b"] == "teacher"), None)
-        pair_rows.append([d["dataset"], fmt(c["EPnL"]), fmt(te["EPnL"]), fmt(c["PnLMAP"]),
-                          fmt(te["PnLMAP"]),
-                          "–" if pd_ is None else f"{_num(pd_['mean'], 3)} {_interval(pd_)}",
-                          "–" if pd_ is None else _num(pd_["min_detectable"], 3),
-                          "–" if pd_ is None else pd_["verdict"],
-                          fmt(c["latency_ms"], 3), fmt(te["latency_ms"], 3),
-                          f"{lt / lc:,.0f}x" if lc and lt else "–"])
-    if pair_rows:
-        B.append(Block("h3", "CMM against its teacher"))
-        B.append(Block("table", "the student mixture and the LLM it was distilled from, each "
-                                "quoting with its own decision latency; Δ: CMM − teacher per "
-                                "episode, paired, with its 95 % interval",
-                       ["market", "CMM EPnL", "teacher EPnL", "CMM PnLMAP", "teacher PnLMAP",
-                        "Δ EPnL [95 %]", "min. detectable Δ", "CMM against the teacher",
-                        "CMM latency (ms)", "teacher latency (ms)", "speed-up"], pair_rows))
+    B += _teacher_pair_blocks(ds, tables)
     for key, title, caption in (
             ("ablations", "Ablations", "test EPnL of CMM and of CMM without one decomposition"),
             ("gates", "Mixture controls", "test EPnL of the same experts under each gate"),
@@ -324,6 +453,55 @@ def _overview_blocks(run_dir: Path, manifest: dict, tables: dict) -> list[Block]
                                 "paper found shallow → mid-price, middle → spread, deep → volume",
                        ["market", "seed", "assignment", "paper's pattern"], probe_rows))
     return B
+
+
+def _pair(t: dict, a: str, b: str, key: str = "main") -> dict | None:
+    """The paired comparison ``a - b`` of a market's tables (``key``: which list), or None."""
+    return next((p for p in (t.get("paired") or {}).get(key, [])
+                 if p["a"] == a and p["b"] == b), None)
+
+
+def _speedup(c: dict, te: dict) -> float | None:
+    """Teacher latency / CMM latency of their main-table rows (None: either unknown or 0)."""
+    lc, lt = (c.get("latency_ms") or {}).get("mean"), (te.get("latency_ms") or {}).get("mean")
+    return lt / lc if lc and lt else None
+
+
+def _times(ratio: float | None) -> str:
+    if ratio is None:
+        return "–"
+    return f"{ratio:,.0f}x" if ratio >= 10 else f"{ratio:.2g}x"
+
+
+def _teacher_pair_blocks(ds: list[dict], tables: dict) -> list[Block]:
+    """The overview's "CMM against its teacher": EPnL, PnLMAP, the paired Δ with its interval
+    and Wilcoxon p, the verdict, and both latencies, one row per market with both rows."""
+    rows = []
+    for d in ds:
+        t = tables[d["slug"]]
+        main = {r["slug"]: r for r in t["main"] if not r.get("missing")}
+        c, te = main.get("cmm"), main.get("teacher")
+        if not c or not te:
+            continue
+        pd_ = _pair(t, "cmm", "teacher")
+        rows.append([d["dataset"], fmt(c["EPnL"]), fmt(te["EPnL"]), fmt(c["PnLMAP"]),
+                     fmt(te["PnLMAP"]), _delta(pd_), "–" if pd_ is None else _p_value(pd_),
+                     "–" if pd_ is None else _num(pd_["min_detectable"], 3),
+                     "–" if pd_ is None else pd_["verdict"],
+                     fmt(c["latency_ms"], 3), fmt(te["latency_ms"], 3),
+                     _times(_speedup(c, te))])
+    if not rows:
+        return []
+    return [Block("h3", "CMM against its teacher"),
+            Block("table", "the student mixture and the LLM it was distilled from, each "
+                           "quoting with its own decision latency; Δ: CMM − teacher per "
+                           "episode, paired, with its 95 % interval; better / worse only where "
+                           "the interval excludes 0 and the Wilcoxon p is below 0.05 (an "
+                           "interval off 0 with a larger p stays not distinguishable)",
+                  ["market", "CMM EPnL", "teacher EPnL", "CMM PnLMAP", "teacher PnLMAP",
+                   "Δ EPnL [95 %]", "Wilcoxon p", "min. detectable Δ",
+                   "CMM against the teacher", "CMM latency (ms)", "teacher latency (ms)",
+                   "speed-up"], rows)]
 
 
 def _metric_row(r: dict, extra: list[str] = ()) -> list[str]:
@@ -627,8 +805,7 @@ def _summary(t: dict) -> str:
     parts = []
     te = main.get("teacher")
     if te and mean(c, "EPnL") is not None and mean(te, "EPnL") is not None:
-        pd_ = next((p for p in t.get("paired", {}).get("main", [])
-                    if p["a"] == "cmm" and p["b"] == "teacher"), None)
+        pd_ = _pair(t, "cmm", "teacher")
         text = f"CMM's EPnL {fmt(c['EPnL'])}, the teacher's {fmt(te['EPnL'])}"
         if pd_ is not None:
             text += f": {verdict_clause({**pd_, 'a_label': 'CMM', 'b_label': 'the teacher'})}"
@@ -637,7 +814,7 @@ def _summary(t: dict) -> str:
             parts.append(f"PnLMAP {fmt(c['PnLMAP'])} against {fmt(te['PnLMAP'])}")
         lc, lt = mean(c, "latency_ms"), mean(te, "latency_ms")
         if lc and lt:
-            parts.append(f"at {lt / lc:,.0f}x lower decision latency ({_num(lc, 3)} ms against "
+            parts.append(f"at {_times(lt / lc)} lower decision latency ({_num(lc, 3)} ms against "
                          f"{_num(lt, 3)} ms)")
     rivals = [r for s, r in main.items() if s not in ("cmm", "oracle")
               and mean(r, "EPnL") is not None]

@@ -13,7 +13,7 @@ episodes (matched by session and episode within each seed; a seed-independent po
 replay is matched with every seed's), the mean difference with a 95 % stratified block-bootstrap
 interval (seeds as strata, ``report.bootstrap_block`` episodes per block, seeded: the same
 numbers every time), a Wilcoxon p-value, the minimum detectable difference and the verdict:
-better / worse only where the interval excludes 0.
+better / worse only where the interval excludes 0 and the Wilcoxon test rejects at 5 %.
 """
 
 from __future__ import annotations
