@@ -39,3 +39,30 @@ def prepared():
         return _PREPARED[name]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def tiny_config(tmp_path_factory, data_dir) -> Path:
+    """tests/tiny.py's run configuration, written once per session."""
+    from tiny import write_tiny_config
+
+    return write_tiny_config(tmp_path_factory.mktemp("tiny-config"), data_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_config, tmp_path_factory) -> Path:
+    """One finished tiny run for the whole session (one pipeline instead of one per module).
+    Read it, do not change it: a test that reruns or damages a run uses ``tiny_run_copy``."""
+    from tiny import run_tiny
+
+    return run_tiny(tiny_config, tmp_path_factory.mktemp("runs"))
+
+
+@pytest.fixture
+def tiny_run_copy(tiny_run, tmp_path) -> Path:
+    """A copy of the session's tiny run (same folder name) for a test to rerun or damage."""
+    import shutil
+
+    dest = tmp_path / "runs" / tiny_run.name
+    shutil.copytree(tiny_run, dest, symlinks=True, ignore=shutil.ignore_patterns(".lock"))
+    return dest

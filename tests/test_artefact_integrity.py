@@ -6,16 +6,14 @@ that cannot be healed gives a one-line error naming it."""
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
-import yaml
 
 from cmm.errors import CorruptArtefactError
 from cmm.io import file_sha256, sha256_file
 from cmm.pipeline.stages import Display, StageRunner, Timings, read_marker
-from test_pipeline import TINY_DATA, TINY_RUN, _assert_same
+from tiny import assert_same, run_tiny
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -234,39 +232,17 @@ def test_marker_without_checksums_is_trusted(tmp_path):
 
 
 # ------------------------------------------------------------------------------ cmm run
-# On the tiny run of tests/test_pipeline.py (TINY_DATA, TINY_RUN: latencies fixed, so that a
-# stage redone gives the same numbers).
-
-
-@pytest.fixture(scope="module")
-def tiny_config(tmp_path_factory, data_dir) -> Path:
-    root = tmp_path_factory.mktemp("integrity-config")
-    spec = {**TINY_DATA, "files": [str(data_dir / "binance/usdm/btcusdt_20240718.gz")]}
-    (root / "tiny-data.yaml").write_text(yaml.safe_dump(spec))
-    (root / "tiny.yaml").write_text(yaml.safe_dump({**TINY_RUN, "datasets": ["tiny-data.yaml"]}))
-    return root / "tiny.yaml"
+# On the session's tiny run (tests/tiny.py: latencies fixed, so that a stage redone gives the
+# same numbers); damaging tests work on a copy.
 
 
 def _run(config_path: Path, root: Path, force: tuple[str, ...] = ()) -> Path:
-    from cmm.cli.run import load_run_config
-    from cmm.pipeline.run import Pipeline
-
-    return Pipeline(load_run_config(config_path), root, base_dir=config_path.parent,
-                    command="cmm run tiny.yaml", progress=False, force=force).run()
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tiny_config, tmp_path_factory) -> Path:
-    """One finished run, shared: tests that damage it work on their own copy."""
-    return _run(tiny_config, tmp_path_factory.mktemp("integrity-runs"))
+    return run_tiny(config_path, root, force)
 
 
 @pytest.fixture
-def run_copy(tiny_run, tmp_path) -> Path:
-    root = tmp_path / "runs"
-    shutil.copytree(tiny_run, root / tiny_run.name, symlinks=True,
-                    ignore=shutil.ignore_patterns(".lock"))
-    return root / tiny_run.name
+def run_copy(tiny_run_copy) -> Path:
+    return tiny_run_copy
 
 
 def _stages(run_dir: Path) -> dict[str, bool]:
@@ -291,6 +267,7 @@ def _report_stamp(run_dir: Path) -> str:
 
 
 # The shared tiny run and the three reruns below: ~50 s together on 2 busy cores.
+@pytest.mark.slow  # reads or reruns the session's tiny run
 def test_every_stage_records_its_files(tiny_run):
     for marker_path in tiny_run.rglob("stage.json"):
         marker = json.loads(marker_path.read_text())
@@ -306,6 +283,7 @@ def test_every_stage_records_its_files(tiny_run):
     assert set(report["after"]) >= keys - {report["key"]}  # it read every stage
 
 
+@pytest.mark.slow  # reads or reruns the session's tiny run
 def test_corrupt_mixture_redoes_its_stage_and_everything_below(run_copy, tiny_config,
                                                                tiny_run):
     """The issue's case: 4 KiB overwritten inside the mixture (size unchanged), then a forced
@@ -326,9 +304,10 @@ def test_corrupt_mixture_redoes_its_stage_and_everything_below(run_copy, tiny_co
     log = (run_copy / "logs" / "run.log").read_text()
     assert f"redoing {seed}/moe: {mixture}: sha256 differs" in log
     assert f"redoing {seed}/backtest/cmm-mean: its input {seed}/moe was redone since" in log
-    _assert_same(_tables(run_copy), _tables(tiny_run))
+    assert_same(_tables(run_copy), _tables(tiny_run))
 
 
+@pytest.mark.slow  # reads or reruns the session's tiny run
 def test_truncated_backtest_parquet_redoes_it_and_what_reads_it(run_copy, tiny_config,
                                                                tiny_run):
     seed = "tiny-btcusdt/seed-independent"  # the fixed spread does not use the seed
@@ -338,9 +317,10 @@ def test_truncated_backtest_parquet_redoes_it_and_what_reads_it(run_copy, tiny_c
     _run(tiny_config, run_copy.parent)
     assert _redone(run_copy, report) == {f"{seed}/backtest/fixed", f"{seed}/crash/fixed", "report"}
     assert f"{records}: " in (run_copy / "logs" / "run.log").read_text()
-    _assert_same(_tables(run_copy), _tables(tiny_run))
+    assert_same(_tables(run_copy), _tables(tiny_run))
 
 
+@pytest.mark.slow  # reads or reruns the session's tiny run
 def test_force_redoes_the_stages_below_and_the_report(run_copy, tiny_config):
     seed = "tiny-btcusdt/seed-independent"
     report = _report_stamp(run_copy)

@@ -24,7 +24,7 @@ from pathlib import Path
 import psutil
 import pytest
 import yaml
-from test_pipeline import TINY_DATA, TINY_RUN, _assert_same
+from tiny import TINY_DATA, TINY_RUN, assert_same
 
 from cmm.errors import CmmError
 from cmm.io import file_lock, owner_tag
@@ -243,5 +243,5 @@ def test_kill_during_distill_leaves_no_worker_and_resumes_to_the_same_report(
     stages = _stages(run_dir)
     assert stages["tiny-btcusdt/seed0/probe"] and not stages["tiny-btcusdt/seed0/distill"]
     survivor = concurrent_runs[0]
-    _assert_same(_tables(run_dir), _tables(survivor))
+    assert_same(_tables(run_dir), _tables(survivor))
     assert _leftovers(run_dir) == []

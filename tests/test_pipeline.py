@@ -1,6 +1,7 @@
 """`cmm run` end to end on a tiny configuration (three minutes of real Binance data, a tiny random
 Llama as the teacher): every stage, the report's tables complete, a second run skipping
-everything, and a run killed mid-stage that resumes and gives the same result."""
+everything, and a run killed mid-stage that resumes and gives the same result. The tests that
+run a whole pipeline are marked slow; no test changes the module's run folder."""
 
 from __future__ import annotations
 
@@ -14,59 +15,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-TINY_DATA = {
-    "name": "tiny-btcusdt", "format": "binance",
-    "instrument": {"tick_size": 0.1, "lot_size": 0.001, "contract_size": 1.0, "inverse": False,
-                   "maker_fee": 0.0002, "taker_fee": 0.0005},
-    "grid": {"dt_ms": 100, "levels": 10},
-}
-
-# Small everywhere; latencies fixed so that backtests do not depend on this machine's timing.
-TINY_RUN = {
-    "name": "tiny",
-    "seeds": [0],
-    "data": {"features": {"window": 16, "horizon": 5, "vol_window": 300}},
-    "teacher": {"backbone": {"name": "tiny-random-llama", "tiny_layers": 3}, "patch_len": 4,
-                "patch_stride": 4, "epochs": 1, "threads": 1, "max_train_seconds": 0,
-                "latency_repeats": 5, "latency_warmup": 1, "max_eval_windows": 128},
-    "probe": {"draws": 2, "windows_per_regime": 16},
-    "distill": {"expert": {"hidden": 8, "z_dim": 4}, "train": {"epochs": 3, "patience": 2},
-                "executor": "serial", "min_validation_samples": 40,
-                "baselines": ["kd", "truth"], "ablations": ["no_task"]},
-    "moe": {"epochs": 5, "kernel_hidden": 4, "latency_repeats": 1000, "latency_warmup": 10},
-    "ladder": {"min_side_notional": 500},
-    "backtest": {"episode_s": 10},
-    "policy_settings": {"teacher": {"latency_ns": 50_000_000}, "cmm": {"latency_ns": 200_000},
-                        "ridge": {"latency_ns": 100_000}, "lgbm": {"latency_ns": 100_000}},
-    "robustness": {"flash_crash": {"fall_s": 1.5, "hold_s": 1, "recover_s": 3,
-                                   "start_fraction": 0.2}},
-}
-
-MAIN = ["teacher", "cmm", "kd", "truth", "fixed", "as", "ridge", "lgbm", "oracle"]
-
-
-@pytest.fixture(scope="module")
-def tiny_config(tmp_path_factory, data_dir) -> Path:
-    root = tmp_path_factory.mktemp("tiny-config")
-    spec = {**TINY_DATA, "files": [str(data_dir / "binance/usdm/btcusdt_20240718.gz")]}
-    (root / "tiny-data.yaml").write_text(yaml.safe_dump(spec))
-    (root / "tiny.yaml").write_text(yaml.safe_dump({**TINY_RUN, "datasets": ["tiny-data.yaml"]}))
-    return root / "tiny.yaml"
-
+from tiny import MAIN, assert_same, run_tiny
 
 def _run(config_path: Path, root: Path) -> Path:
-    from cmm.cli.run import load_run_config
-    from cmm.pipeline.run import Pipeline
-
-    cfg = load_run_config(config_path)
-    return Pipeline(cfg, root, base_dir=config_path.parent, command="cmm run tiny.yaml",
-                    progress=False).run()
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tiny_config, tmp_path_factory) -> Path:
-    return _run(tiny_config, tmp_path_factory.mktemp("runs"))
+    return run_tiny(config_path, root)
 
 
 def _tables(run_dir: Path) -> dict:
@@ -78,6 +30,7 @@ def _stages(run_dir: Path) -> dict[str, bool]:
     return {s["stage"]: s["cached"] for s in manifest["stages"]}
 
 
+@pytest.mark.slow  # a whole pipeline run
 def test_whole_pipeline_writes_a_complete_report(tiny_run):
     run = tiny_run
     for name in ("config.yaml", "run.json", "logs/run.log", "manifest.json", "report.md",
@@ -123,6 +76,7 @@ def test_whole_pipeline_writes_a_complete_report(tiny_run):
     assert "<table>" in html and "CMM (Hájek-MoE)" in html
 
 
+@pytest.mark.slow  # a whole pipeline run
 def test_overview_puts_markets_side_by_side(tiny_run):
     from cmm.report.render import _overview_blocks, fmt
 
@@ -148,6 +102,7 @@ def test_overview_puts_markets_side_by_side(tiny_run):
     assert len(titled["Fluorescent probe"].rows) == 2  # one seed per market
 
 
+@pytest.mark.slow  # a whole pipeline run
 def test_stage_folders_describe_themselves(tiny_run):
     seed = tiny_run / "tiny-btcusdt" / "seed0"
     marker = json.loads((seed / "distill" / "stage.json").read_text())
@@ -164,31 +119,34 @@ def test_stage_folders_describe_themselves(tiny_run):
     assert not (seed / "crash" / "fixed").exists()
 
 
-def test_second_run_skips_every_stage(tiny_run, tiny_config):
-    before = _tables(tiny_run)
-    _run(tiny_config, tiny_run.parent)
-    stages = _stages(tiny_run)
+@pytest.mark.slow  # a whole pipeline run
+def test_second_run_skips_every_stage(tiny_run_copy, tiny_config):
+    before = _tables(tiny_run_copy)
+    _run(tiny_config, tiny_run_copy.parent)
+    stages = _stages(tiny_run_copy)
     assert stages and all(stages.values()), [k for k, v in stages.items() if not v]
-    assert _tables(tiny_run) == before
+    assert _tables(tiny_run_copy) == before
 
 
-def test_changed_setting_redoes_only_what_depends_on_it(tiny_run, tiny_config, tmp_path):
+@pytest.mark.slow  # a whole pipeline run
+def test_changed_setting_redoes_only_what_depends_on_it(tiny_run_copy, tiny_config):
     from cmm.cli.run import load_run_config
     from cmm.pipeline.run import Pipeline
 
+    copy = tiny_run_copy
     cfg = load_run_config(tiny_config)
     cfg = cfg.model_copy(update={"ladder": cfg.ladder.model_copy(update={"levels": 4})})
-    Pipeline(cfg, tiny_run.parent, base_dir=tiny_config.parent, progress=False).run()
-    stages = _stages(tiny_run)
+    Pipeline(cfg, copy.parent, base_dir=tiny_config.parent, progress=False).run()
+    stages = _stages(copy)
     redone = {k for k, cached in stages.items() if not cached}
     assert {k for k in redone if "/backtest/" in k or "/crash/" in k} == {
         k for k in stages if "/backtest/" in k or "/crash/" in k}
     for kept in ("tiny-btcusdt/data", "tiny-btcusdt/seed0/teacher", "tiny-btcusdt/seed0/moe",
                  "tiny-btcusdt/crash"):
         assert stages[kept], kept
-    _run(tiny_config, tiny_run.parent)  # back to the module's configuration
 
 
+@pytest.mark.slow  # a whole pipeline run
 def test_killed_mid_stage_resumes_and_gives_the_same_result(tiny_run, tiny_config, tmp_path):
     """SIGKILL while the experts stage is complete on disk but not yet marked (the widest
     window): the rerun keeps data, teacher, features and probe, redoes the experts, and the
@@ -225,24 +183,7 @@ def test_killed_mid_stage_resumes_and_gives_the_same_result(tiny_run, tiny_confi
     for redo in ("tiny-btcusdt/seed0/distill", "tiny-btcusdt/seed0/moe"):
         assert not stages[redo], f"{redo} was not redone"
     assert "incomplete tiny-btcusdt/seed0/distill" in log.read_text()
-    _assert_same(_tables(root / "tiny")["tables"], _tables(tiny_run)["tables"])
-
-
-def _assert_same(a, b, where="tables"):
-    """Equal structure and values; floats to 1e-9 relative (the teacher of one run was fitted
-    in another process: sums may round differently in the last bits)."""
-    if isinstance(a, dict):
-        assert isinstance(b, dict) and a.keys() == b.keys(), where
-        for k in a:
-            _assert_same(a[k], b[k], f"{where}.{k}")
-    elif isinstance(a, list):
-        assert isinstance(b, list) and len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b, strict=True)):
-            _assert_same(x, y, f"{where}[{i}]")
-    elif isinstance(a, float) and isinstance(b, float):
-        assert a == pytest.approx(b, rel=1e-9, abs=1e-12), where
-    else:
-        assert a == b, where
+    assert_same(_tables(root / "tiny")["tables"], _tables(tiny_run)["tables"])
 
 
 def test_unknown_key_in_run_config_is_located(tmp_path):

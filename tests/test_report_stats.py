@@ -1,6 +1,6 @@
 """The report's paired comparisons, prediction table, price of latency and seed-independent
 backtests: known answers of the sentence rule and the pairing, then the tiny pipeline of
-tests/test_pipeline.py (its fixtures, imported)."""
+tests/tiny.py (the session's ``tiny_run``, marked slow)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
-from test_pipeline import tiny_config, tiny_run  # noqa: F401 - the fixtures, reused
 
 from cmm.backtest.stats import PairedDifference, paired_difference
 from cmm.report.render import paired_sentence, verdict_clause
@@ -137,7 +136,8 @@ def _tables(run: Path) -> dict:
     return json.loads((run / "report" / "tables.json").read_text())["tables"][DS]
 
 
-def test_report_pairs_cmm_with_the_teacher_and_every_baseline(tiny_run):  # noqa: F811
+@pytest.mark.slow  # reads the session's tiny run
+def test_report_pairs_cmm_with_the_teacher_and_every_baseline(tiny_run):
     t = _tables(tiny_run)
     main = {p["b"]: p for p in t["paired"]["main"]}
     assert set(main) == set(BASELINES) and all(p["a"] == "cmm" for p in main.values())
@@ -167,14 +167,16 @@ def test_report_pairs_cmm_with_the_teacher_and_every_baseline(tiny_run):  # noqa
     assert "minimum detectable difference" in md
 
 
-def test_paired_results_are_deterministic(tiny_run, tmp_path):  # noqa: F811
+@pytest.mark.slow  # reads the session's tiny run
+def test_paired_results_are_deterministic(tiny_run, tmp_path):
     from cmm.report import build_report
 
     paths = build_report(tiny_run, tmp_path / "again")
     assert paths["tables"].read_bytes() == (tiny_run / "report" / "tables.json").read_bytes()
 
 
-def test_prediction_table_has_the_yardsticks(tiny_run):  # noqa: F811
+@pytest.mark.slow  # reads the session's tiny run
+def test_prediction_table_has_the_yardsticks(tiny_run):
     rows = {r["model"]: r for r in _tables(tiny_run)["prediction"]}
     for model in ("teacher", "teacher-random", "train-mean", "zero/last", "ridge", "lightgbm",
                   "cmm"):
@@ -191,7 +193,8 @@ def test_prediction_table_has_the_yardsticks(tiny_run):  # noqa: F811
     assert "Highest test R² per target: mid: " in md
 
 
-def test_price_of_latency_has_its_four_rows(tiny_run):  # noqa: F811
+@pytest.mark.slow  # reads the session's tiny run
+def test_price_of_latency_has_its_four_rows(tiny_run):
     lp = _tables(tiny_run)["latency_price"]
     rows = {r["slug"]: r for r in lp["rows"]}
     assert list(rows) == ["teacher-zero-latency", "teacher", "cmm", "cmm-teacher-latency"]
@@ -211,7 +214,8 @@ def test_price_of_latency_has_its_four_rows(tiny_run):  # noqa: F811
     assert "what the LLM's slowness costs" in md and "what CMM's speed is worth" in md
 
 
-def test_seed_independent_policies_are_replayed_once_per_dataset(tiny_run):  # noqa: F811
+@pytest.mark.slow  # reads the session's tiny run
+def test_seed_independent_policies_are_replayed_once_per_dataset(tiny_run):
     manifest = json.loads((tiny_run / "manifest.json").read_text())
     stages = {s["stage"] for s in manifest["stages"]}
     seeded = {p["slug"]: p.get("seeded", True) for p in manifest["policies"]}
