@@ -24,6 +24,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from cmm.errors import InputError
+from cmm.vocabulary import TASKS
 
 
 class FrozenModel(BaseModel):
@@ -576,7 +577,7 @@ class BacktestRunConfig(FrozenModel):
 
 # --- OFDD students, Hajek-MoE, distillation baselines (method.md: OFDD, Hajek-MoE, Baselines) ---
 
-TaskName = Literal["mid", "spread", "volume"]
+TaskName = Literal["mid", "spread", "volume"]  # = cmm.vocabulary.TASKS (the test checks)
 
 
 class ExpertConfig(FrozenModel):
@@ -607,7 +608,7 @@ class ExpertGridConfig(FrozenModel):
     """Which experts CMM trains: one per (task, regime[, group]). ``groups``: ``probe`` gives
     each task the probe's layer group; ``all`` trains one expert per layer group per task."""
 
-    tasks: tuple[TaskName, ...] = ("mid", "spread", "volume")
+    tasks: tuple[TaskName, ...] = TASKS
     regimes: tuple[int, ...] = (0, 1, 2)
     groups: Literal["probe", "all"] = "probe"
 

@@ -35,10 +35,14 @@ __all__ = [
     "BUY_EVENT", "SELL_EVENT", "DEPTH_EVENT", "TRADE_EVENT", "DEPTH_CLEAR_EVENT",
     "DEPTH_SNAPSHOT_EVENT", "EXCH_EVENT", "LOCAL_EVENT", "event_dtype", "EVENT_TYPE_MASK",
     "ReadReport", "finalize_events", "check_raw_events", "range_checks", "quietly",
-    "MAX_PRICE_TICKS", "MAX_SIZE_LOTS",
+    "MAX_PRICE_TICKS", "MAX_SIZE_LOTS", "SIDE_FLAG", "EXCH_LOCAL_FLAGS",
 ]
 
 EVENT_TYPE_MASK = 0xFF  # low byte of `ev` holds the event kind; high bits are flags
+# hftbacktest's flag of each book side, indexed by cmm.vocabulary.BID and .ASK (0 and 1)
+SIDE_FLAG = (BUY_EVENT, SELL_EVENT)
+# the two flags finalize_events sets (exchange-side and local-side view of an event)
+EXCH_LOCAL_FLAGS = np.uint64(EXCH_EVENT | LOCAL_EVENT)
 
 
 @dataclass

@@ -10,9 +10,6 @@ import numpy as np
 
 from cmm.config import FeatureConfig, SplitConfig
 
-SPLITS = ("train", "validation", "test")
-TARGET_NAMES = ("mid", "spread", "volume")
-
 
 def feature_names(levels: int) -> list[str]:
     return (

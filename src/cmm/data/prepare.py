@@ -47,9 +47,10 @@ from cmm.errors import CorruptArtefactError, InputError
 from cmm.io import atomic_dir, default_cache_dir, sha256_file, stable_hash, write_json
 from cmm.io import check_file, check_folder, folder_checksums, read_parquet, reading
 from cmm.io import file_lock, remove_stale_temporaries
+from cmm.vocabulary import REGIMES, SPLITS
 
 SCHEMA_VERSION = 3  # 2: volume target in lots; 3: trailing_volume_lots feature
-SPLIT_IDS = {"train": 0, "validation": 1, "test": 2}
+SPLIT_IDS = {s: i for i, s in enumerate(SPLITS)}  # the samples' split_id
 log = logging.getLogger("cmm.data")
 
 
@@ -305,7 +306,7 @@ def _build(spec: DatasetSpec, config: DataConfig, key: str, files: list[dict], o
     purge = config.splits.purge if config.splits.purge is not None else H + W
     split = F.chronological_splits(samples["global_step"].to_numpy(), config.splits, purge)
     samples = samples.with_columns(pl.Series("split_id", split)).filter(pl.col("split_id") >= 0)
-    names = np.array(["train", "validation", "test"])
+    names = np.array(SPLITS)
     samples = samples.with_columns(pl.Series("split", names[samples["split_id"].to_numpy()]))
     train = samples.filter(pl.col("split") == "train")
     if len(train) == 0:
@@ -331,7 +332,7 @@ def _build(spec: DatasetSpec, config: DataConfig, key: str, files: list[dict], o
     steps_df.write_parquet(out / "steps.parquet")
     feats_df.write_parquet(out / "features.parquet")
     samples.write_parquet(out / "samples.parquet")
-    counts = {s: int((samples["split"] == s).sum()) for s in F.SPLITS}
+    counts = {s: int((samples["split"] == s).sum()) for s in SPLITS}
     write_json(out / "meta.json", {
         "schema_version": SCHEMA_VERSION, "key": key, "name": spec.name,
         "spec": spec.model_dump(exclude={"base_dir"}), "config": config.model_dump(),
@@ -339,7 +340,7 @@ def _build(spec: DatasetSpec, config: DataConfig, key: str, files: list[dict], o
         "repairs": repairs, "purge_steps": purge, "split_counts": counts,
         "regime_thresholds": list(thresholds),
         "regime_counts": {s: np.bincount(samples.filter(pl.col("split") == s)["regime"].to_numpy(),
-                                         minlength=3).tolist() for s in F.SPLITS},
+                                         minlength=len(REGIMES)).tolist() for s in SPLITS},
         "feature_names": F.feature_names(L), "scaler_mean": mean.tolist(), "scaler_std": std.tolist(),
         "checksums": folder_checksums(out, exclude=("meta.json",)),
     })

@@ -24,10 +24,11 @@ from safetensors.numpy import save_file
 from cmm.config import DistillConfig
 from cmm.distill.executor import DoneFn, Executor, get_executor
 from cmm.distill.plan import SplitArrays, Variant, build_jobs, build_variants, resolve_assignment
-from cmm.distill.students import TASKS, StudentSpec
+from cmm.distill.students import StudentSpec
 from cmm.distill.train import StudentResult, train_student
 from cmm.errors import InputError, StaleArtefactError
 from cmm.io import atomic_path, load_safetensors, read_artefact_meta, sha256_file, write_json
+from cmm.vocabulary import TASKS
 
 SCHEMA_VERSION = 1
 KIND = "cmm.experts"

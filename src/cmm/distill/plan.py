@@ -25,9 +25,10 @@ import numpy as np
 
 from cmm.config import DistillConfig
 from cmm.data.windows import Windows
-from cmm.distill.students import TASKS, StudentSpec, matched_expert, mlp_parameters
+from cmm.distill.students import StudentSpec, matched_expert, mlp_parameters
 from cmm.distill.train import StudentData, StudentJob
 from cmm.errors import InputError
+from cmm.vocabulary import REGIMES, TASKS
 
 BASELINES = ("kd", "fitnets", "multitask", "truth")
 ABLATIONS = ("no_layer", "no_task", "no_data")
@@ -74,7 +75,7 @@ def _seed(name: str) -> int:
 
 
 def _regime_name(r: int) -> str:
-    return {0: "low", 1: "mid", 2: "high"}.get(r, f"r{r}")
+    return REGIMES[r] if 0 <= r < len(REGIMES) else f"r{r}"
 
 
 def resolve_assignment(config: DistillConfig, groups: dict[str, list[int]],

@@ -22,8 +22,7 @@ from torch import nn
 
 from cmm.config import ExpertConfig
 from cmm.errors import InputError, UnknownNameError
-
-TASKS = ("mid", "spread", "volume")
+from cmm.vocabulary import TASKS
 
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "relu": nn.ReLU,

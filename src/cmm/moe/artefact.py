@@ -114,7 +114,8 @@ def load_torch(folder: str | Path):
     import torch
 
     from cmm.config import MoEConfig
-    from cmm.distill.students import TASKS, StudentSpec, build_student
+    from cmm.distill.students import StudentSpec, build_student
+    from cmm.vocabulary import TASKS
     from cmm.moe.mixture import MixtureModel
 
     meta, tensors = read_mixture(folder)

@@ -21,9 +21,10 @@ import torch
 from torch import nn
 
 from cmm.config import MoEConfig
-from cmm.distill.students import TASKS, StudentSpec
+from cmm.distill.students import StudentSpec
 from cmm.errors import InputError
 from cmm.moe.gates import build_gate
+from cmm.vocabulary import TASKS
 
 
 @dataclass

@@ -24,14 +24,12 @@ import torch
 
 from cmm.config import MoEConfig
 from cmm.distill.pipeline import read_experts
-from cmm.distill.students import TASKS
 from cmm.distill.train import load_student
 from cmm.io import atomic_path, write_json
 from cmm.moe.artefact import META_FILE, save_mixture
 from cmm.moe.latency import measure_all_in_subprocess
 from cmm.moe.mixture import MixtureModel, fit_gates
-
-SPLITS = ("validation", "test")
+from cmm.vocabulary import EVALUATED_SPLITS, REGIMES, TASKS
 
 
 def target_metrics(pred: np.ndarray, y: np.ndarray) -> dict[str, dict[str, float | None]]:
@@ -56,7 +54,7 @@ def _teacher_predictions(meta: dict, dataset) -> dict[str, np.ndarray]:
     from cmm.teacher.features import load_features
 
     out = {}
-    for split in SPLITS:
+    for split in EVALUATED_SPLITS:
         try:
             out[split] = load_features(meta["teacher"]["dir"], split, dataset).pred
         except Exception:  # noqa: BLE001 - the teacher row is optional in the report
@@ -72,10 +70,10 @@ def run_moe(dataset, experts_dir: str | Path, config: MoEConfig, out_dir: str | 
     meta, specs, states, variants = read_experts(experts_dir, dataset)
     torch.manual_seed(config.seed)
     data = {s: (dataset.windows(s), dataset.targets(s), np.asarray(dataset.regimes(s)))
-            for s in SPLITS}
+            for s in EVALUATED_SPLITS}
     rows: list[dict] = []
     train_mean = np.asarray(meta["y_mean"])
-    for split in SPLITS:
+    for split in EVALUATED_SPLITS:
         y = data[split][1]
         rows.append({"model": "train-mean", "variant": "reference", "gate": "", "split": split,
                      "parameters": 0, "metrics": target_metrics(np.tile(train_mean,
@@ -95,7 +93,7 @@ def run_moe(dataset, experts_dir: str | Path, config: MoEConfig, out_dir: str | 
         fit_record = fit_gates(model, x_val, y_val, r_val, config) if multi else {}
         params = sum(p.numel() for p in model.students.parameters())
         for gate in gates:
-            for split in SPLITS:
+            for split in EVALUATED_SPLITS:
                 x, y, r = data[split]
                 pred, weights = model.predict(x, r, gate)
                 full = np.full((len(x), len(TASKS)), np.nan)
@@ -149,8 +147,9 @@ def run_moe(dataset, experts_dir: str | Path, config: MoEConfig, out_dir: str | 
               "data_cache_key": dataset.cache_key, "experts_dir": str(experts_dir),
               "settings": config.model_dump(mode="json"), "rows": rows, "mixtures": mixtures,
               "parameters": meta["parameters"], "latency": latency,
-              "regime_counts": {s: np.bincount(data[s][2].astype(int), minlength=3).tolist()
-                                for s in SPLITS},
+              "regime_counts": {s: np.bincount(data[s][2].astype(int),
+                                               minlength=len(REGIMES)).tolist()
+                                for s in EVALUATED_SPLITS},
               "stop_sources": {s["name"]: s["record"]["stop_source"] for s in meta["students"]},
               "seconds": time.perf_counter() - t0}
     write_json(out_dir / "evaluation.json", report)
@@ -178,14 +177,14 @@ def evaluation_table(report: dict) -> str:
                                          "gate_parameters": r.get("gate_parameters")})
         by_model[r["model"]][r["split"]] = r["metrics"]
     head = ("| model | params | " + " | ".join(
-        f"{s[:3]} MSE {t} | {s[:3]} R2 {t}" for s in SPLITS for t in TASKS) + " |\n")
-    head += "|" + "---|" * (2 + 2 * len(SPLITS) * len(TASKS)) + "\n"
+        f"{s[:3]} MSE {t} | {s[:3]} R2 {t}" for s in EVALUATED_SPLITS for t in TASKS) + " |\n")
+    head += "|" + "---|" * (2 + 2 * len(EVALUATED_SPLITS) * len(TASKS)) + "\n"
     lines = []
     for name, m in by_model.items():
         p = m["parameters"]
         cells = [name, "" if p is None else (f"{p}+{m['gate_parameters']}"
                                              if m.get("gate_parameters") else str(p))]
-        for s in SPLITS:
+        for s in EVALUATED_SPLITS:
             for t in TASKS:
                 met = m.get(s, {}).get(t)
                 if met is None:

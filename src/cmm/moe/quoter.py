@@ -25,8 +25,7 @@ import numpy as np
 from cmm.config import Instrument, LadderConfig
 from cmm.moe.artefact import load_fused
 from cmm.moe.fused import FusedMixture
-
-TASKS = ("mid", "spread", "volume")
+from cmm.vocabulary import TASKS
 
 
 class Decision(NamedTuple):

@@ -23,8 +23,8 @@ from pathlib import Path
 
 from cmm.config import RunConfig
 from cmm.errors import CmmError, InputError
+from cmm.vocabulary import SPLITS
 
-SPLITS = ("train", "validation", "test")
 # Settings models of the policies a run builds itself (its policy_settings keys).
 BUILT = {"teacher": "cmm.config.TeacherPolicyConfig", "cmm": "cmm.config.CmmPolicyConfig"}
 

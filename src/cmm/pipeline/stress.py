@@ -42,7 +42,7 @@ from cmm.data.events import (
     DEPTH_EVENT,
     DEPTH_SNAPSHOT_EVENT,
     EVENT_TYPE_MASK,
-    EXCH_EVENT,
+    EXCH_LOCAL_FLAGS,
     LOCAL_EVENT,
     SELL_EVENT,
     TRADE_EVENT,
@@ -56,7 +56,6 @@ from cmm.io import atomic_dir, folder_checksums, read_parquet, stable_hash, writ
 __all__ = ["episode_volatility", "most_volatile", "crash_schedule", "inject_flash_crashes",
            "build_crash_dataset", "crash_starts"]
 
-_FLAGS = np.uint64(EXCH_EVENT | LOCAL_EVENT)
 _MARGIN = 0.01  # extra fraction of the price cleared below the bids at the crash's start
 
 
@@ -128,7 +127,7 @@ def crash_starts(plan, episode_s: float, cfg: FlashCrashConfig) -> dict[int, lis
 def _raw(events: np.ndarray) -> np.ndarray:
     """The raw events of a finalized array: its local-side copies, flags removed."""
     raw = events[(events["ev"] & np.uint64(LOCAL_EVENT)) != 0].copy()
-    raw["ev"] &= ~_FLAGS
+    raw["ev"] &= ~EXCH_LOCAL_FLAGS
     return raw
 
 

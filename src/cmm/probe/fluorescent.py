@@ -38,9 +38,8 @@ import numpy as np
 import torch
 
 from cmm.errors import InputError
+from cmm.vocabulary import REGIMES, TASKS
 
-TASKS = ("mid", "spread", "volume")
-REGIMES = ("low", "mid", "high")
 PAPER_PATTERN = {"mid": 0, "spread": 1, "volume": 2}  # shallow, middle, deep (arXiv 2511.07110)
 
 

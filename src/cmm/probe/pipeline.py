@@ -16,8 +16,9 @@ import numpy as np
 
 from cmm.config import ProbeConfig
 from cmm.io import sha256_file, write_json
-from cmm.probe.fluorescent import REGIMES, FluorescentProbe
+from cmm.probe.fluorescent import FluorescentProbe
 from cmm.probe.plot import plot_probe
+from cmm.vocabulary import REGIMES
 
 SCHEMA_VERSION = 1
 # Below this a regime's std_x(y_k) and mean |change|, and so its map, are mostly sampling noise.

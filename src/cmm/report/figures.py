@@ -10,9 +10,10 @@ import polars as pl
 
 from cmm.backtest.plots import draw_quotes
 from cmm.io import atomic_path
+from cmm.vocabulary import REGIMES
 
 REGIME_COLOURS = {0: "#d8ecd8", 1: "#fbf0c8", 2: "#f6d3d3"}
-REGIME_NAMES = {0: "low", 1: "mid", 2: "high"}
+REGIME_NAMES = dict(enumerate(REGIMES))
 
 
 def _plt():

@@ -20,6 +20,7 @@ import polars as pl
 from cmm.io import atomic_path, read_parquet, reading, write_json
 from cmm.report import figures as FIG
 from cmm.report.tables import TASKS, backtest_dir, build_tables, flip, missing_cells, run_layout
+from cmm.vocabulary import SPLITS
 
 
 @dataclass
@@ -330,8 +331,7 @@ def _doc(run_dir: Path, manifest: dict, tables: dict, fig_dir: Path) -> list[Blo
                                  "windows", "test regimes (low/mid/high)", "test episodes",
                                  "volatile episodes"],
                    [[d["dataset"], str(d["sessions"]), f"{d['hours']:.2f}", f"{d['dt_ms']} ms",
-                     " / ".join(str(d["split_counts"][s]) for s in ("train", "validation",
-                                                                     "test")),
+                     " / ".join(str(d["split_counts"][s]) for s in SPLITS),
                      "/".join(map(str, d["regime_counts"]["test"])),
                      str(len(d["episodes"]["start_ns"])), str(len(d["episodes"]["volatile"]))]
                     for d in manifest["datasets"]]))

@@ -28,10 +28,10 @@ import polars as pl
 
 from cmm.io import reading
 from cmm.pipeline.layout import teacher_folder, teacher_folders
+from cmm.vocabulary import TASKS  # report/render.py imports it from here
 
-TASKS = ("mid", "spread", "volume")
 SHARED = "seed-independent"  # <dataset>/seed-independent/: backtests done once per dataset
-PREDICTION_COLUMNS = ("r2_mid", "r2_spread", "r2_volume", "direction3_acc", "direction3_f1")
+PREDICTION_COLUMNS = (*(f"r2_{t}" for t in TASKS), "direction3_acc", "direction3_f1")
 
 
 @dataclass

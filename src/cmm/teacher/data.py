@@ -17,8 +17,7 @@ from cmm.config import DataConfig, FeatureConfig
 from cmm.data.windows import Windows
 from cmm.errors import InputError
 from cmm.io import stable_hash
-
-SPLITS = ("train", "validation", "test")
+from cmm.vocabulary import SPLITS
 
 
 class TeacherDataset(Protocol):

@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from cmm.config import YardstickConfig
-from cmm.teacher.model import TASKS
+from cmm.vocabulary import EVALUATED_SPLITS, SPLITS, TASKS
 from cmm.yardsticks import (
     GradientBoosted,
     RidgeBaseline,
@@ -107,14 +107,14 @@ def baseline_predictions(dataset, ridge_alphas: tuple[float, ...],
     """Predictions of every baseline on validation and test: ``{split: {name: (N, 3)}}``, and
     what was chosen on validation (ridge penalties, trees per target)."""
     feats = {s: summary_features(dataset.windows(s), yardsticks.spans)
-             for s in ("train", "validation", "test")}
+             for s in SPLITS}
     y_train, y_val = dataset.targets("train"), dataset.targets("validation")
     train_mean = y_train.astype(np.float64).mean(axis=0)
     ridge = RidgeBaseline(ridge_alphas).fit(feats["train"], y_train, feats["validation"], y_val)
     trees = GradientBoosted(yardsticks).fit(feats["train"], y_train, feats["validation"], y_val)
     horizon = dataset.config.features.horizon
     out: dict[str, dict[str, np.ndarray]] = {}
-    for split in ("validation", "test"):
+    for split in EVALUATED_SPLITS:
         n = len(feats[split])
         out[split] = {
             "zero/last": persistence_baseline(dataset.samples, split, horizon, train_mean),
@@ -138,7 +138,7 @@ def evaluate_teacher(model, dataset, ridge_alphas: tuple[float, ...] = (0.1, 1.0
     preds, info = baselines
     flat = flat_threshold_bps(dataset) if hasattr(dataset, "instrument") else None
     report: dict = {"models": {}, "baselines": info, "windows": {}}
-    for split in ("validation", "test"):
+    for split in EVALUATED_SPLITS:
         y = dataset.targets(split)
         report["windows"][split] = len(y)
         p_std, _ = predict_windows(model, dataset.windows(split), batch_size,

@@ -20,10 +20,11 @@ from safetensors.torch import save_file
 
 from cmm.errors import InputError
 from cmm.io import atomic_path, reading, sha256_file, write_json
-from cmm.teacher.data import SPLITS, TeacherDataset
+from cmm.teacher.data import TeacherDataset
 from cmm.teacher.fit import ProgressFn, _noop, predict_windows
 from cmm.teacher.model import TeacherModel
 from cmm.teacher.store import WEIGHTS_FILE, StaleArtefactError
+from cmm.vocabulary import SPLITS
 
 FEATURES_DIR = "features"
 SCHEMA_VERSION = 1

@@ -37,7 +37,8 @@ from cmm.io import atomic_path, stable_hash
 from cmm.teacher.backbone import load_backbone
 from cmm.teacher.data import TeacherDataset
 from cmm.teacher.device import resolve_device, uses_bf16
-from cmm.teacher.model import TASKS, TeacherModel, build_teacher
+from cmm.teacher.model import TeacherModel, build_teacher
+from cmm.vocabulary import TASKS
 
 __all__ = ["FitResult", "fit_teacher", "predict_windows", "resolve_device", "set_threads",
            "peak_memory_mib"]

@@ -28,8 +28,7 @@ from cmm.config import TeacherConfig
 from cmm.errors import InputError
 from cmm.teacher.backbone import Backbone
 from cmm.teacher.device import autocast
-
-TASKS = ("mid", "spread", "volume")
+from cmm.vocabulary import TASKS
 
 
 class PatchAdapter(nn.Module):

@@ -17,6 +17,7 @@ from cmm.teacher.evaluate import baseline_predictions, evaluate_teacher, metrics
 from cmm.teacher.fit import ProgressFn, _noop, fit_teacher, peak_memory_mib
 from cmm.teacher.latency import measure_latency
 from cmm.teacher.store import LATENCY_FILE, METRICS_FILE, save_teacher
+from cmm.vocabulary import EVALUATED_SPLITS
 
 
 def teacher_dir(run_dir: str | Path, config: TeacherConfig) -> Path:
@@ -73,7 +74,7 @@ def run_fit(dataset: TeacherDataset, config: TeacherConfig, out_dir: str | Path,
 def write_comparison(out: str | Path, reports: dict[str, dict]) -> str:
     """``comparison.md``: teacher(s) vs baselines on validation and test."""
     text = ""
-    for split in ("validation", "test"):
+    for split in EVALUATED_SPLITS:
         text += f"### {split}\n\n" + metrics_table(reports, split) + "\n"
     with atomic_path(out) as tmp:
         tmp.write_text(text)

@@ -76,6 +76,7 @@ from cmm.data.events import (
     DEPTH_EVENT,
     DEPTH_SNAPSHOT_EVENT,
     SELL_EVENT,
+    SIDE_FLAG,
     TRADE_EVENT,
     ReadReport,
     check_raw_events,
@@ -84,12 +85,11 @@ from cmm.data.events import (
 from cmm.data.readers import register_reader
 from cmm.data.readers.compressed import read_bytes
 from cmm.errors import InputError
+from cmm.vocabulary import ASK, BID
 
 __all__ = ["OrderLevelBook", "read_bitstamp_log", "BID", "ASK", "SATOSHI_PER_BTC",
            "price_ticks", "parse_number", "finish_report"]
 
-BID, ASK = 0, 1
-SIDE_FLAG = (BUY_EVENT, SELL_EVENT)
 SATOSHI_PER_BTC = 10**8
 ORDER_EVENTS = ("order_created", "order_changed", "order_deleted")
 EVENTS = (*ORDER_EVENTS, "trade", "order_book")

@@ -87,6 +87,7 @@ from cmm.data.events import (
     DEPTH_EVENT,
     DEPTH_SNAPSHOT_EVENT,
     SELL_EVENT,
+    SIDE_FLAG,
     TRADE_EVENT,
     ReadReport,
     check_raw_events,
@@ -95,12 +96,11 @@ from cmm.data.events import (
 from cmm.data.readers import register_reader
 from cmm.data.readers.bitstamp import finish_report
 from cmm.errors import InputError
+from cmm.vocabulary import ASK, BID
 
 __all__ = ["read_databento_mbo", "check_zstd_complete", "MboBook", "PRICE_SCALE", "ACTION_NAMES"]
 
 PRICE_SCALE = dbn.FIXED_PRICE_SCALE  # 1e9 price units per currency unit
-BID, ASK = 0, 1
-SIDE_FLAG = (BUY_EVENT, SELL_EVENT)
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 DBN_MAGIC = b"DBN"
 CHUNK = 1 << 20  # compressed bytes fed to the decoder at a time

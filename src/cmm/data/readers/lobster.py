@@ -68,6 +68,7 @@ from cmm.data.events import (
     DEPTH_EVENT,
     DEPTH_SNAPSHOT_EVENT,
     SELL_EVENT,
+    SIDE_FLAG,
     TRADE_EVENT,
     ReadReport,
     check_raw_events,
@@ -77,6 +78,7 @@ from cmm.data.readers import register_reader
 from cmm.data.readers.bitstamp import finish_report, price_ticks
 from cmm.data.readers.compressed import read_bytes
 from cmm.errors import InputError
+from cmm.vocabulary import ASK, BID
 
 __all__ = ["read_lobster", "orderbook_path", "companion_files", "session_date", "wall_to_utc_ns", "MESSAGE_COLUMNS",
            "DUMMY_ASK", "DUMMY_BID", "EXCHANGE_TZ"]
@@ -329,12 +331,13 @@ def read_lobster(path: Path, instrument: Instrument,
     state = ({}, {})  # bid, ask: ticks -> size
 
     def visible(i: int, side: int) -> list[tuple[int, int]]:
-        pxs, szs = (bid_px[i], bid_sz[i]) if side == 0 else (ask_px[i], ask_sz[i])
-        return [(ticks_of(int(p), i + 1, f"{'bid' if side == 0 else 'ask'}_price_{j + 1}"), int(q))
+        pxs, szs = (bid_px[i], bid_sz[i]) if side == BID else (ask_px[i], ask_sz[i])
+        name = "bid" if side == BID else "ask"
+        return [(ticks_of(int(p), i + 1, f"{name}_price_{j + 1}"), int(q))
                 for j, (p, q) in enumerate(zip(pxs, szs))
                 if p not in (DUMMY_ASK, DUMMY_BID) and q > 0]
 
-    for side, flag in ((0, BUY_EVENT), (1, SELL_EVENT)):
+    for side, flag in ((BID, SIDE_FLAG[BID]), (ASK, SIDE_FLAG[ASK])):
         valid = visible(seed, side)
         if valid:
             rows.append((DEPTH_CLEAR_EVENT | flag, seed_ts, price(valid[-1][0]), 0.0))
@@ -354,17 +357,17 @@ def read_lobster(path: Path, instrument: Instrument,
         if np.array_equal(row, prev_row):
             continue
         prev_row = row
-        for side, flag in ((0, BUY_EVENT), (1, SELL_EVENT)):
+        for side, flag in ((BID, SIDE_FLAG[BID]), (ASK, SIDE_FLAG[ASK])):
             valid = visible(i, side)
             st = state[side]
             current = dict(valid)
             if len(valid) == n_levels:
                 worst = valid[-1][0]
                 gone = [t for t in st if t not in current
-                        and (t >= worst if side == 0 else t <= worst)]
+                        and (t >= worst if side == BID else t <= worst)]
             else:
                 gone = [t for t in st if t not in current]
-            for t in sorted(gone, reverse=side == 0):
+            for t in sorted(gone, reverse=side == BID):
                 del st[t]
                 rows.append((DEPTH_EVENT | flag, ts, price(t), 0.0))
             for t, q in valid:

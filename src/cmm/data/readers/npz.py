@@ -37,6 +37,7 @@ from cmm.data.events import (
     DEPTH_SNAPSHOT_EVENT,
     EVENT_TYPE_MASK,
     EXCH_EVENT,
+    EXCH_LOCAL_FLAGS,
     LOCAL_EVENT,
     TRADE_EVENT,
     ReadReport,
@@ -52,7 +53,6 @@ __all__ = ["read_hftbacktest_npz", "load_event_array"]
 DEPTH_BBO_EVENT = 5
 KIND_NAMES = {DEPTH_EVENT: "depth", TRADE_EVENT: "trade", DEPTH_CLEAR_EVENT: "depth_clear",
               DEPTH_SNAPSHOT_EVENT: "depth_snapshot"}
-FLAGS = np.uint64(EXCH_EVENT | LOCAL_EVENT)
 
 
 def load_event_array(path: Path) -> np.ndarray:
@@ -112,7 +112,7 @@ def read_hftbacktest_npz(path: Path, instrument: Instrument,
     arr = load_event_array(path)
     report = ReadReport(file=str(path), format="hftbacktest-npz", timestamp_unit="ns",
                         lines=len(arr))
-    flags = arr["ev"] & FLAGS
+    flags = arr["ev"] & EXCH_LOCAL_FLAGS
     if (flags != 0).any():
         local = (flags & np.uint64(LOCAL_EVENT)) != 0
         exch_only = flags == np.uint64(EXCH_EVENT)
@@ -127,7 +127,7 @@ def read_hftbacktest_npz(path: Path, instrument: Instrument,
                 f"{int(exch_only.sum())} exchange-only rows but {local_only} local-only rows: "
                 "not a file written by correct_event_order; the local view was kept")
         arr = arr[local].copy()
-        arr["ev"] &= ~FLAGS
+        arr["ev"] &= ~EXCH_LOCAL_FLAGS
         report.warnings.append("finalized hftbacktest events: flags cleared, local view kept")
     kind = arr["ev"] & np.uint64(EVENT_TYPE_MASK)
     bbo = kind == DEPTH_BBO_EVENT

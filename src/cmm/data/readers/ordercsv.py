@@ -42,8 +42,6 @@ from cmm.config import Instrument, OrderCsvOptions
 from cmm.data.events import ReadReport, check_raw_events
 from cmm.data.readers import register_reader
 from cmm.data.readers.bitstamp import (
-    ASK,
-    BID,
     SATOSHI_PER_BTC,
     LineClock,
     OrderLevelBook,
@@ -53,6 +51,7 @@ from cmm.data.readers.bitstamp import (
 )
 from cmm.data.readers.compressed import read_bytes
 from cmm.errors import InputError
+from cmm.vocabulary import ASK, BID
 
 __all__ = ["read_order_csv", "COLUMNS", "CANONICAL"]
 
