@@ -1,5 +1,6 @@
 """`cmm backtest` as a user runs it: one-line errors (exit 2), and on the real capture (slow) a
-readable table plus metrics JSON, per-episode CSV and one PNG per episode."""
+readable table plus the backtest's files (metrics JSON, per-episode CSV, records and fills) and
+one PNG per episode."""
 
 from __future__ import annotations
 
@@ -55,3 +56,8 @@ def test_backtest_writes_table_json_and_pictures(tmp_path, data_dir):
     assert n >= 3
     assert len(list(out.glob("episode_*.png"))) == n
     assert (out / "episodes.csv").read_text().count("\n") == n + 1
+    # the files of `cmm run`'s backtests (cmm.backtest.artefacts), fills as parquet
+    from cmm.backtest.artefacts import FILES
+
+    assert all((out / f).is_file() for f in FILES) and not (out / "fills.csv").exists()
+    assert m["policy"]["name"] == "oracle" and m["latency_ns"] == 0 and m["gate"] is None

@@ -879,11 +879,12 @@ class RunConfig(FrozenModel):
 
 class TeacherPolicyConfig(FrozenModel):
     """The ``teacher`` policy for ``cmm backtest``: the fitted teacher's predictions through the
-    ladder, charged with its measured batch-1 decision time (``latency.json``, p50 of the
-    chosen thread setting) unless ``latency_ns`` is given."""
+    ladder, charged with its measured batch-1 decision time as ``cmm run`` charges it
+    (:func:`cmm.teacher.policy.teacher_latency_ns`: ``latency.json``'s ``charged_ns``, the
+    all-threads median) unless ``latency`` names another median or ``latency_ns`` is given."""
 
     teacher: str = "runs/binance-usdm-btcusdt/teacher"  # `cmm teacher fit` writes it here
-    latency: Literal["one_thread", "all_threads"] = "one_thread"  # as the cmm policy's Quoter
+    latency: Literal["one_thread", "all_threads"] | None = None  # None: the charged median
     latency_ns: int | None = Field(None, ge=0)
     device: Literal["cpu", "cuda"] = "cpu"
     batch_size: PositiveInt = 256

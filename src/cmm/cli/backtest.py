@@ -1,6 +1,7 @@
 """``cmm backtest``: replay a dataset split through hftbacktest with one or several policies and
-report the market-making metrics (table on screen; metrics JSON, per-episode CSV and one PNG per
-episode on disk).
+report the market-making metrics (table on screen; on disk the files ``cmm run`` writes of each
+backtest, by the same function (:func:`cmm.backtest.artefacts.write_backtest`: metrics.json,
+episodes.csv, records.parquet, fills.parquet), and one PNG per episode).
 
 With several policies every one replays the same episodes, so each is compared with a baseline
 (``--baseline``, default the first policy listed) on the per-episode *difference* of net PnL,
@@ -21,7 +22,6 @@ from rich.table import Table
 
 console = Console()
 
-SCHEMA_VERSION = 1
 # Per-episode values compared with the baseline: (label, episode column).
 PAIRED_VALUES = (("net", "pnl"), ("gross", "gross_pnl"))
 MATCH_KEYS = ("session", "episode")
@@ -196,6 +196,15 @@ def paired_lines(runs: list[dict]) -> list[str]:
     return lines
 
 
+def _policy_record(name: str, gate: str | None) -> dict:
+    """What names a policy of this command in its metrics.json, as ``cmm run`` names its
+    (:class:`cmm.pipeline.policies.PolicySpec`): every policy here is the registry's."""
+    from cmm.pipeline.policies import LABELS, PolicySpec
+
+    return PolicySpec(slug=name, label=LABELS.get(name, name), source="registry", name=name,
+                      gate=gate).to_json()
+
+
 def backtest(
     dataset: Annotated[str, typer.Option(
         help="A registered dataset name (see `cmm data list`) or the path of a dataset YAML spec.")],
@@ -223,7 +232,7 @@ def backtest(
     with the taker fee. Prints net
     (and, where available, gross) EPnL and each policy's paired difference to the baseline; the
     comparison is also written under `paired` in each policy's metrics.json."""
-    from cmm.backtest.metrics import episode_metrics, summarize
+    from cmm.backtest.artefacts import write_backtest
     from cmm.backtest.plots import plot_episode
     from cmm.backtest.runner import run_backtest
     from cmm.config import BacktestRunConfig, load_yaml_model
@@ -263,23 +272,17 @@ def backtest(
             pol.fit(ds)
         with console.status(f"replaying {ds.name} {split} with {name}"):
             result = run_backtest(ds, pol, split, ladder=run_cfg.ladder, config=bt_cfg)
-        metrics = summarize(result)
-        per = episode_metrics(result)
-        values = episode_values(per, result)
         folder = out or Path("runs/backtest") / f"{ds.name}-{name}"
-        payload = {
-            "schema_version": SCHEMA_VERSION, "metrics": metrics,
-            "settings": result.settings, "dataset": ds.name, "dataset_key": ds.cache_key,
-            "instrument": result.instrument.model_dump(), "wall_s": result.wall_s,
-            "warnings": result.warnings}
+        gate = getattr(pol.config, "gate", None)
         with atomic_dir(folder) as tmp:
-            write_json(tmp / "metrics.json", payload)
-            per.write_csv(tmp / "episodes.csv")
-            result.fills.write_csv(tmp / "fills.csv")
-            result.records.write_parquet(tmp / "records.parquet")
+            # the files of `cmm run`'s backtests, by the same function; the pictures are ours
+            written = write_backtest(tmp, result, policy=_policy_record(name, gate),
+                                     latency_ns=pol.latency_ns, gate=gate)
             if plots:
                 for e in result.episodes["episode"].to_list():
                     plot_episode(result, e, tmp / f"episode_{e:03d}.png")
+        metrics, payload = written.metrics, written.payload
+        values = episode_values(written.episodes, result)
         gross = (_mean_std(values["gross_pnl"].to_numpy())
                  if "gross_pnl" in values.columns else None)
         runs.append({"name": name, "metrics": metrics, "latency_ns": pol.latency_ns,

@@ -3,7 +3,8 @@ trapezoidal ladder, charged with the Quoter's measured decision latency.
 
 The predictions for a split are computed in one batch by the same fused numpy pass the Quoter
 runs live (so the replay quotes exactly what the Quoter would), and handed to the replay as
-:class:`~cmm.strategy.policy.Predictions`. ``latency_ns``: the setting if given, else the
+:class:`~cmm.strategy.policy.Predictions`. The latency charged is :func:`mixture_latency_ns`'s
+(the one rule ``cmm run`` and ``cmm backtest`` both follow): the setting if given, else the
 one-thread p50 of ``Quoter.decide`` with the policy's gate, stored in the artefact when it was
 made (``remeasure``, or an artefact saved unmeasured: timed again here).
 The hard-regime gate reads each sample's regime, known at decision time (trailing volatility).
@@ -14,6 +15,7 @@ Importing this module registers the policy; ``cmm.cli.distill`` declares it lazi
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,6 +28,8 @@ from cmm.strategy.policy import DecisionPlan, Policy, Predictions, register_poli
 if TYPE_CHECKING:
     from cmm.data.prepare import PreparedDataset
 
+log = logging.getLogger(__name__)
+
 
 def stored_latency(meta: dict, gate: str) -> int | None:
     """The decision time (ns, one-thread p50) measured for ``gate`` when the mixture whose
@@ -34,6 +38,34 @@ def stored_latency(meta: dict, gate: str) -> int | None:
     mixture was saved unmeasured."""
     got = (meta.get("latency_by_gate") or {}).get(gate) or meta.get("latency") or {}
     return int(got["p50"] * 1e3) if "p50" in got else None
+
+
+def mixture_latency_ns(folder: str | Path, meta: dict, gate: str, ds: PreparedDataset,
+                       latency_ns: int | None = None, remeasure: bool = False,
+                       repeats: int = 2000, warmup: int = 200) -> int:
+    """The decision latency (ns) charged to the mixture saved in ``folder`` (``meta``: its
+    ``mixture.json``) quoting with ``gate``; ``cmm run`` and ``cmm backtest`` both take it
+    from here.
+
+    ``latency_ns`` when given (a setting: reproducible tests, the price of latency's
+    teacher latency), else the one-thread, batch-1 median of ``Quoter.decide`` with that gate,
+    stored when the mixture was made (:func:`stored_latency`), truncated to whole ns. One
+    thread because that is the setting the Quoter's small fused numpy pass is built and timed
+    for (:mod:`cmm.moe.latency` pins BLAS to one thread); the teacher is charged its
+    all-threads median instead (:func:`cmm.teacher.policy.teacher_latency_ns`). With ``remeasure``, or for
+    a mixture saved unmeasured, it is timed again now, in a fresh one-thread interpreter, on
+    ``repeats`` decisions of the validation windows of ``ds`` after ``warmup``."""
+    if latency_ns is not None:
+        return int(latency_ns)
+    stored = stored_latency(meta, gate)
+    if stored is not None and not remeasure:
+        return stored
+    from cmm.moe.latency import measure_in_subprocess
+
+    if stored is None:
+        log.warning("%s: no stored latency for gate %s; measuring it", folder, gate)
+    measured = measure_in_subprocess(folder, ds.windows("validation"), repeats, warmup, gate)
+    return int(measured["p50"] * 1e3)
 
 
 @register_policy("cmm")
@@ -51,19 +83,9 @@ class CmmPolicy(Policy):
 
             raise StaleArtefactError(f"{folder}: mixture distilled on data {key}, not "
                                      f"{ds.cache_key}; run `cmm distill` and `cmm moe` again")
-        stored = stored_latency(quoter.meta, self.config.gate)
-        if self.config.latency_ns is not None:
-            latency = int(self.config.latency_ns)
-        elif self.config.remeasure or stored is None:
-            from cmm.moe.latency import measure_in_subprocess
-
-            measured = measure_in_subprocess(folder, ds.windows("validation"),
-                                             gate=self.config.gate)
-            latency = int(measured["p50"] * 1e3)
-        else:
-            latency = stored
         self.quoter_ = quoter
-        self.latency_ns_ = latency
+        self.latency_ns_ = mixture_latency_ns(folder, quoter.meta, self.config.gate, ds,
+                                              self.config.latency_ns, self.config.remeasure)
         self.artefact_ = str(folder)
         return self
 

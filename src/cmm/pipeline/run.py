@@ -638,67 +638,47 @@ def _build_policy(spec: PolicySpec, ds, target, c: RunConfig, chain: dict, setti
         else:
             pred = _teacher_predict(t_dir, ds, target, c.teacher.infer_batch_size,
                                     c.teacher.device)
-        if latency_ns is None:
-            latency_ns = settings.get("latency_ns")
-        if latency_ns is None:  # measured once, when the teacher was fitted
-            with reading(t_dir / "latency.json"):
-                latency_ns = json.loads((t_dir / "latency.json").read_text())["charged_ns"]
-        policy = PrecomputedPolicy({SPLIT: Predictions.from_array(pred)}, int(latency_ns),
+        from cmm.teacher.policy import teacher_latency_ns
+
+        # the rule of `cmm backtest --policy teacher` too: measured when the teacher was fitted
+        latency_ns = teacher_latency_ns(t_dir, _given(latency_ns, settings))
+        policy = PrecomputedPolicy({SPLIT: Predictions.from_array(pred)}, latency_ns,
                                    name=spec.slug)
         return policy, {}
     # a mixture through the `cmm` policy
-    from cmm.moe.latency import measure_in_subprocess
-    from cmm.moe.policy import CmmPolicy, stored_latency  # registers "cmm"
+    from cmm.moe.policy import CmmPolicy, mixture_latency_ns  # registers "cmm"
 
     folder = Path(chain["moe_dir"]) / spec.name
     with reading(folder / "mixture.json"):
         meta = json.loads((folder / "mixture.json").read_text())
     gates = list(meta.get("gates", {})) or chain.get("gates", {}).get(spec.name, ["mean"])
     gate = spec.gate if spec.gate in gates else ("hajek" if "hajek" in gates else gates[0])
-    if latency_ns is None:
-        latency_ns = settings.get("latency_ns")
-    if latency_ns is None:  # measured once, when the mixture stage made it
-        latency_ns = stored_latency(meta, gate)
-    if latency_ns is None:  # pragma: no cover - mixture stages store every gate's
-        log.warning("%s: no stored latency for gate %s; measuring it", folder, gate)
-        measured = measure_in_subprocess(folder, ds.windows("validation"),
-                                         c.moe.latency_repeats, c.moe.latency_warmup, gate)
-        latency_ns = int(measured["p50"] * 1e3)
+    # the rule of `cmm backtest --policy cmm` too: measured when the mixture stage made it
+    latency_ns = mixture_latency_ns(folder, meta, gate, ds, _given(latency_ns, settings),
+                                    repeats=c.moe.latency_repeats, warmup=c.moe.latency_warmup)
     policy = CmmPolicy(CmmPolicy.config_class(artefact=str(folder), gate=gate,
-                                              latency_ns=int(latency_ns)))
+                                              latency_ns=latency_ns))
     policy.fit(ds)
     policy.name = spec.slug
     return policy, {"gate": gate, "weights": spec.slug == "cmm" and target is ds}
 
 
+def _given(latency_ns: int | None, settings: dict) -> int | None:
+    """The latency a replay is told to charge: ``latency_ns`` (a crash replay: its original's),
+    else the settings' (the price of latency, ``policy_settings``); None: the policy's own."""
+    return latency_ns if latency_ns is not None else settings.get("latency_ns")
+
+
 def _replay(policy, target, c: RunConfig, out: Path, spec: PolicySpec, extra: dict) -> dict:
-    from cmm.backtest.metrics import episode_metrics, summarize
+    from cmm.backtest.artefacts import write_backtest
     from cmm.backtest.runner import run_backtest
 
     result = run_backtest(target, policy, SPLIT, ladder=c.ladder, config=c.backtest)
-    metrics = summarize(result)
     for w in result.warnings:
         log.warning(w)
-    write_json(out / "metrics.json", {
-        "warnings": result.warnings,
-        "schema_version": 1, "metrics": metrics, "settings": result.settings,
-        "dataset": target.name, "dataset_key": target.cache_key, "policy": spec.to_json(),
-        "latency_ns": policy.latency_ns, "wall_s": result.wall_s,
-        "instrument": result.instrument.model_dump(mode="json"),
-        "gate": extra.get("gate")})
-    episodes = episode_metrics(result)
-    if c.backtest.fee_tier != "base":  # the report's second main table, at the base tier
-        import polars as pl
-
-        from cmm.backtest.metrics import net_pnl_at
-
-        episodes = episodes.with_columns(pl.Series("pnl_base", net_pnl_at(result, "base")))
-    with atomic_path(out / "episodes.csv") as tmp:
-        episodes.write_csv(tmp)
-    with atomic_path(out / "records.parquet") as tmp:
-        result.records.write_parquet(tmp)
-    with atomic_path(out / "fills.parquet") as tmp:
-        result.fills.write_parquet(tmp)
+    # the files `cmm backtest` writes too, by the same function
+    metrics = write_backtest(out, result, policy=spec.to_json(), latency_ns=policy.latency_ns,
+                             gate=extra.get("gate")).metrics
     if extra.get("weights"):
         _save_weights(policy, target, out)
     return {"latency_ns": int(policy.latency_ns), "EPnL": metrics["EPnL"],
