@@ -845,6 +845,13 @@ class ReportConfig(FrozenModel):
     bootstrap_block: PositiveInt = 1
 
 
+class DatasetOverrides(FrozenModel):
+    """What one dataset of a run sets apart from the run (``RunConfig.per_dataset``):
+    ``episode_s``, for a market whose sessions are too short for the run's episodes."""
+
+    episode_s: PositiveFloat | None = None
+
+
 class RunConfig(FrozenModel):
     """``cmm run CONFIG``: every stage for every dataset and seed, then the report.
 
@@ -875,6 +882,27 @@ class RunConfig(FrozenModel):
     controls: ControlsConfig = ControlsConfig()
     robustness: RobustnessConfig = RobustnessConfig()
     report: ReportConfig = ReportConfig()
+    # Per dataset (its entry in ``datasets``), settings it takes instead of the run's: only
+    # that dataset's stages see them (their keys change, the other datasets' do not)
+    per_dataset: dict[str, DatasetOverrides] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _per_dataset_names_a_dataset(self) -> RunConfig:
+        unknown = sorted(set(self.per_dataset) - set(self.datasets))
+        if unknown:
+            raise ValueError(f"per_dataset names {unknown}, which are not in datasets "
+                             f"{list(self.datasets)}")
+        return self
+
+    def for_dataset(self, name: str) -> RunConfig:
+        """This configuration as dataset ``name`` runs it (its ``per_dataset`` settings in)."""
+        o = self.per_dataset.get(name)
+        if o is None:
+            return self
+        backtest = self.backtest
+        if o.episode_s is not None:
+            backtest = backtest.model_copy(update={"episode_s": o.episode_s})
+        return self.model_copy(update={"backtest": backtest})
 
 
 class TeacherPolicyConfig(FrozenModel):

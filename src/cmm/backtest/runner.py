@@ -54,10 +54,12 @@ def make_plan(samples: pl.DataFrame, split: str, dt_ns: int, config: BacktestCon
             ep_sess.append(sid)
             ep_start.append(t_first + e * ep_len)
             ep_end.append(t_first + (e + 1) * ep_len)
-    if not ep_start:
-        span = (ts_all.max() - ts_all.min()) / 1e9
+    if not ep_start:  # the longest session of the split (sessions are apart in time)
+        span = max((ts_all[sess_all == sid].max() - ts_all[sess_all == sid].min()) / 1e9
+                   for sid in np.unique(sess_all))
         raise InputError("the split is shorter than one episode", field="backtest.episode_s",
-                         expected=f"<= {span:.1f} s (the longest span of the split)",
+                         expected=f"<= {span:.1f} s (the longest session of the split; per_dataset "
+                                  "sets a dataset's own)",
                          got=config.episode_s)
     r = np.concatenate(rows)
     return DecisionPlan(split=split, n_rows=len(samples), rows=r, ts_ns=ts_all[r],

@@ -165,7 +165,8 @@ def _check_policies(config: RunConfig, source: Source, available: list[str]) -> 
         from cmm.pipeline.stress import check_crash_fits
 
         try:
-            check_crash_fits(config.backtest.episode_s, crash)
+            for episode_s in {config.for_dataset(d).backtest.episode_s for d in config.datasets}:
+                check_crash_fits(episode_s, crash)
         except InputError as exc:
             raise located(exc, source) from None
     slugs = {s.slug for s in specs}

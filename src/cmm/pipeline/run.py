@@ -173,8 +173,13 @@ class Pipeline:
                 self.runner = StageRunner(display, Timings(default_cache_dir() / "timings.json"),
                                           self.force)
                 display.plan(self._planned())
-                for name in self.config.datasets:
-                    self._dataset(name)
+                run_config = self.config
+                for name in run_config.datasets:
+                    self.config = run_config.for_dataset(name)  # per_dataset settings in
+                    try:
+                        self._dataset(name)
+                    finally:
+                        self.config = run_config
                 self.manifest["stages"] = [{"stage": k, "seconds": r.seconds,
                                             "cached": r.cached}
                                            for k, r in self.runner.results.items()]
@@ -272,7 +277,7 @@ class Pipeline:
         vol = episode_volatility(ds, plan)
         volatile = most_volatile(vol, c.robustness.volatile_fraction)
         entry = {"name": name, "slug": d_slug, "dataset": ds.name, "cache_key": ds.cache_key,
-                 **_data_summary(ds),
+                 **_data_summary(ds), "episode_s": c.backtest.episode_s,
                  "episodes": {"session": plan.episode_session.tolist(),
                               "start_ns": plan.episode_start_ns.tolist(),
                               "end_ns": plan.episode_end_ns.tolist(),

@@ -59,6 +59,14 @@ def _interval(p: dict) -> str:
     return f"[{_num(p['low'], 3)}, {_num(p['high'], 3)}]"
 
 
+def _episode_s(manifest: dict, d: dict) -> str:
+    """A dataset's episode length: its own (``per_dataset``) where the manifest records one,
+    else the run's ("–" where neither is recorded)."""
+    got = d.get("episode_s") or ((manifest.get("config") or {}).get("backtest")
+                                 or {}).get("episode_s")
+    return "–" if got is None else f"{float(got):g} s"
+
+
 def _delta(p: dict | None) -> str:
     """A comparison's cell: its mean and [low, high] ("–" where there is none)."""
     return "–" if p is None else f"{_num(p['mean'], 3)} {_interval(p)}"
@@ -329,11 +337,12 @@ def _doc(run_dir: Path, manifest: dict, tables: dict, fig_dir: Path) -> list[Blo
     B.append(Block("h2", "Datasets"))
     B.append(Block("table", "", ["dataset", "sessions", "hours", "grid", "train / val / test "
                                  "windows", "test regimes (low/mid/high)", "test episodes",
-                                 "volatile episodes"],
+                                 "episode", "volatile episodes"],
                    [[d["dataset"], str(d["sessions"]), f"{d['hours']:.2f}", f"{d['dt_ms']} ms",
                      " / ".join(str(d["split_counts"][s]) for s in SPLITS),
                      "/".join(map(str, d["regime_counts"]["test"])),
-                     str(len(d["episodes"]["start_ns"])), str(len(d["episodes"]["volatile"]))]
+                     str(len(d["episodes"]["start_ns"])), _episode_s(manifest, d),
+                     str(len(d["episodes"]["volatile"]))]
                     for d in manifest["datasets"]]))
     if len(manifest["datasets"]) > 1:
         B += _overview_blocks(run_dir, manifest, tables)
