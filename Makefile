@@ -26,13 +26,18 @@ install: $(STAMP)
 demo: install
 	HF_HUB_OFFLINE=1 $(BIN)/cmm run $(DEMO_CONFIG)
 
-# pytest exits 5 when it collected nothing: say so, and fail.
+# One pytest worker per core (pytest-xdist), each test file on one worker so that its module
+# fixtures are built once; TEST_WORKERS=0 runs in this process. pytest exits 5 when it
+# collected nothing: say so, and fail.
+TEST_WORKERS ?= auto
+PYTEST := HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+
 test: install
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q; rc=$$?; \
+	$(PYTEST); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; fi; exit $$rc
 
 test-fast: install
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "not slow"
+	$(PYTEST) -m "not slow"
 
 bench: install
 	$(BIN)/python benchmarks/bench_data.py
