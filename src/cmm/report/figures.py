@@ -40,7 +40,10 @@ def equity_inventory(curves: dict[str, tuple[pl.DataFrame, pl.DataFrame]], path:
     plt = _plt()
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(10, 6), sharex=True,
                                    gridspec_kw={"height_ratios": [2, 1]})
-    for label, (rec, eps) in curves.items():
+    # tab10 repeats after ten lines (CMM and PPO would share a colour): tab20 beyond that
+    palette = plt.get_cmap("tab10" if len(curves) <= 10 else "tab20").colors
+    for i, (label, (rec, eps)) in enumerate(curves.items()):
+        colour = palette[i % len(palette)]
         rec = rec.sort("ts_ns")
         closed = eps.sort("episode").select("episode", "pnl")
         carry = dict(zip(closed["episode"].to_list(),
@@ -49,8 +52,9 @@ def equity_inventory(curves: dict[str, tuple[pl.DataFrame, pl.DataFrame]], path:
         ep = rec["episode"].to_numpy()
         base = np.array([carry.get(int(e), 0.0) for e in ep])
         x = np.arange(len(rec))
-        ax1.plot(x, base + np.nan_to_num(rec["equity"].to_numpy()), lw=1.0, label=label)
-        ax2.step(x, rec["position"].to_numpy(), where="post", lw=0.8, label=label)
+        ax1.plot(x, base + np.nan_to_num(rec["equity"].to_numpy()), lw=1.0, label=label,
+                 color=colour)
+        ax2.step(x, rec["position"].to_numpy(), where="post", lw=0.8, label=label, color=colour)
     starts = np.flatnonzero(np.diff(ep)) + 1 if curves else []
     for ax in (ax1, ax2):
         for s in starts:
