@@ -3,48 +3,18 @@ policy registry complete without the CLI (issue 12)."""
 
 from __future__ import annotations
 
-import ast
 import subprocess
 import sys
-from pathlib import Path
 
-SRC = Path(__file__).resolve().parents[1] / "src"
+from cmm.codeversion import import_graph, package_modules
 
-
-def _modules() -> dict[str, Path]:
-    mods = {}
-    for path in SRC.rglob("*.py"):
-        parts = path.relative_to(SRC).with_suffix("").parts
-        if parts[-1] == "__init__":
-            parts = parts[:-1]
-        mods[".".join(parts)] = path
-    return mods
+def _modules():
+    return package_modules()
 
 
-def _import_graph(mods: dict[str, Path]) -> dict[str, set[str]]:
-    """Module -> the cmm modules it imports anywhere in its body (function-level included).
-    ``from a.b import c`` counts as importing ``a.b.c`` when that is a module, else ``a.b``."""
-
-    def owner(name: str) -> str | None:
-        while name and name not in mods:
-            name = name.rpartition(".")[0]
-        return name or None
-
-    graph: dict[str, set[str]] = {m: set() for m in mods}
-    for name, path in mods.items():
-        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
-            if isinstance(node, ast.Import):
-                targets = [a.name for a in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                targets = [f"{node.module}.{a.name}" for a in node.names]
-            else:
-                continue
-            for target in targets:
-                dep = owner(target) if target.startswith("cmm") else None
-                # a package's __init__ re-exporting its own modules is not a circle
-                if dep and dep != name and not name.startswith(dep + "."):
-                    graph[name].add(dep)
-    return graph
+def _import_graph(mods=None) -> dict[str, set[str]]:
+    """The package's import graph as :mod:`cmm.codeversion` reads it (one reader for both)."""
+    return {k: set(v) for k, v in import_graph().items()}
 
 
 def _find_cycle(graph: dict[str, set[str]]) -> list[str] | None:

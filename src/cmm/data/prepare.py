@@ -47,6 +47,7 @@ from cmm.errors import CorruptArtefactError, InputError
 from cmm.io import atomic_dir, default_cache_dir, sha256_file, stable_hash, write_json
 from cmm.io import check_file, check_folder, folder_checksums, read_parquet, reading
 from cmm.io import file_lock, remove_stale_temporaries
+from cmm.codeversion import code_version
 from cmm.vocabulary import REGIMES, SPLITS
 
 SCHEMA_VERSION = 3  # 2: volume target in lots; 3: trailing_volume_lots feature
@@ -97,7 +98,8 @@ def dataset_key(spec: DatasetSpec, config: DataConfig) -> tuple[str, list[dict]]
         companions += [sha256_file(c) for c in companion_files(spec.format, path) if c.is_file()]
     spec_part = spec.model_dump(exclude={"base_dir", "description", "sources"})
     key = stable_hash({"schema": SCHEMA_VERSION, "spec": spec_part, "config": config.model_dump(),
-                       "files": [f["sha256"] for f in files], "companions": companions})
+                       "files": [f["sha256"] for f in files], "companions": companions,
+                       "code": code_version("dataset")})  # the readers' and preparation's source
     return key, files
 
 

@@ -46,6 +46,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from cmm.codeversion import code_version
 from cmm.io import RESUME_DIR, check_folder, folder_checksums, stable_hash, write_json
 
 MARKER = "stage.json"
@@ -78,7 +79,10 @@ def read_marker(folder: str | Path) -> dict | None:
 
 
 def stage_key(kind: str, inputs: dict) -> str:
-    return stable_hash({"stage": kind, "schema": SCHEMA_VERSION, "inputs": inputs})
+    """The stage's settings and inputs, and the code version of what it runs
+    (:func:`cmm.codeversion.code_version`: an edit of a module it imports gives a new key)."""
+    return stable_hash({"stage": kind, "schema": SCHEMA_VERSION, "inputs": inputs,
+                        "code": code_version(kind)})
 
 
 # ------------------------------------------------------------------------------ time estimates
