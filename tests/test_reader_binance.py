@@ -420,7 +420,9 @@ def test_truncated_gzip(tmp_path, data_dir):
         read_binance(path, INSTRUMENT)
 
 
-@pytest.mark.parametrize("content", [b"", gzip.compress(b""), b"\n\n"])
+# mtime=0: the same bytes (and test id) in every collecting process (pytest-xdist workers)
+@pytest.mark.parametrize("content", [b"", gzip.compress(b"", mtime=0), b"\n\n"],
+                         ids=["empty", "empty-gzip", "blank-lines"])
 def test_empty_file(tmp_path, content):
     path = tmp_path / "empty.gz"
     path.write_bytes(content)
