@@ -78,15 +78,15 @@ def test_row_picks_the_best_quoter_and_yardstick_by_mean_epnl():
     assert len(row) == len(ANSWER_HEADERS)
     assert row == ["goog", "3.81 [-23.2, 29.7]", "0.6", "not distinguishable with 14 episodes",
                    "129x",  # 16.9 ms / 0.131 ms
-                   "Avellaneda-Stoikov", "29.6 [5.1, 60.2]", "better",
+                   "Avellaneda-Stoikov", "29.6 [5.1, 60.2]", "better (14 episodes)",
                    "ridge (hand features)", "-5.09 [-20.1, 9.8]",
                    "not distinguishable with 14 episodes",
-                   "-0.04 [-0.3, 0.2]", "0.9 [0.2, 1.7] (better)"]
+                   "-0.04 [-0.3, 0.2] (14 episodes)", "0.9 [0.2, 1.7] (better, 14 episodes)"]
     # the other way round: fixed spread above Avellaneda-Stoikov, LightGBM above ridge
     flipped = _tables({"cmm": -1.0, "teacher": -2.0, "fixed": -0.5, "as": -3.0,
                        "ridge": -4.0, "lgbm": -0.2})
     row = answer_row("btc", answer_parts(flipped))
-    assert row[5:11] == ["fixed spread", "193 [120, 270]", "better",
+    assert row[5:11] == ["fixed spread", "193 [120, 270]", "better (14 episodes)",
                          "LightGBM (hand features)", "1.6 [-30, 33]",
                          "not distinguishable with 14 episodes"]
     # the oracle is not a rule-based quoter, however high its EPnL
@@ -101,12 +101,13 @@ def test_sentence_follows_the_verdicts_and_gives_the_p():
     assert text == (
         "goog: CMM and its teacher are not distinguishable with 14 episodes (Δ 3.81 "
         "[-23.2, 29.7], p 0.6) at 129x lower latency; CMM is better than the best rule-based "
-        "quoter Avellaneda-Stoikov (Δ 29.6 [5.1, 60.2], p 0.01); CMM and the best yardstick "
+        "quoter Avellaneda-Stoikov (Δ 29.6 [5.1, 60.2], p 0.01, 14 episodes); CMM and the best "
+        "yardstick "
         "ridge (hand features) are not distinguishable with 14 episodes (Δ -5.09 [-20.1, "
         "9.8], p 0.5); what the LLM's slowness costs: teacher LLM and teacher LLM at zero "
         "latency are not distinguishable with 14 episodes (Δ -0.04 [-0.3, 0.2], p 0.9); what "
         "CMM's speed is worth: CMM (Hájek-MoE) is better than CMM at the teacher's latency "
-        "(Δ 0.9 [0.2, 1.7], p 0.002).")
+        "(Δ 0.9 [0.2, 1.7], p 0.002, 14 episodes).")
 
 
 def test_an_interval_off_zero_without_the_test_says_why():
@@ -122,12 +123,12 @@ def test_an_interval_off_zero_without_the_test_says_why():
         "-0.0311]; the interval excludes 0 but the Wilcoxon test does not reject (p 0.08)) at "
         "129x lower latency; CMM and the best rule-based quoter Avellaneda-Stoikov are not "
         "distinguishable with 14 episodes (Δ 1 [-2, 4], p 0.4); CMM is worse than the best "
-        "yardstick ridge (hand features) (Δ -5 [-9, -1], p 0.003);")
+        "yardstick ridge (hand features) (Δ -5 [-9, -1], p 0.003, 14 episodes);")
     assert text.count("better") == 1  # only CMM's speed (its verdict says so)
     row = answer_row("btc", answer_parts(t))
     assert row[1:4] == ["-0.171 [-0.325, -0.0311]", "0.08",
                         "not distinguishable with 57 episodes"]
-    assert row[10] == "worse"
+    assert row[10] == "worse (14 episodes)"
     # a rival's verdict cell carries the p where its interval is off 0
     t = _tables(pairs=[off, {**off, "b": "as", "b_label": LABELS["as"]}])
     assert answer_row("btc", answer_parts(t))[7] == \
@@ -159,12 +160,12 @@ def test_missing_yardsticks_and_latency_price_give_dashes():
                        _cmp("cmm", "as", 29.64, 5.1, 60.2, 0.01)], price=[])
     a = answer_parts(t)
     row = answer_row("goog", a)
-    assert row[5:8] == ["Avellaneda-Stoikov", "29.6 [5.1, 60.2]", "better"]
+    assert row[5:8] == ["Avellaneda-Stoikov", "29.6 [5.1, 60.2]", "better (14 episodes)"]
     assert row[8:] == ["–"] * 5
     text = answer_sentence("goog", a)
     # one quoter ran: no "best"; no yardstick and no price of latency: those parts left out
     assert "CMM is better than the rule-based quoter Avellaneda-Stoikov (Δ 29.6" in text
-    assert "yardstick" not in text and "slowness" not in text and text.endswith(", p 0.01).")
+    assert "yardstick" not in text and "slowness" not in text and text.endswith(", p 0.01, 14 episodes).")
     # a yardstick that ran but has no paired comparison: named, no Δ, left out of the sentence
     t["main"].append(_row("ridge", -1.0))
     row = answer_row("goog", answer_parts(t))
@@ -173,7 +174,8 @@ def test_missing_yardsticks_and_latency_price_give_dashes():
     # one price of latency only
     t["latency_price"] = {"paired": [_cmp("cmm", "cmm-teacher-latency", 0.9, 0.2, 1.7, 0.002,
                                           meaning="what CMM's speed is worth")]}
-    assert answer_row("goog", answer_parts(t))[-2:] == ["–", "0.9 [0.2, 1.7] (better)"]
+    assert answer_row("goog", answer_parts(t))[-2:] == ["–",
+                                                        "0.9 [0.2, 1.7] (better, 14 episodes)"]
 
 
 def test_no_row_without_cmm_or_teacher():
@@ -216,7 +218,7 @@ def test_the_answer_opens_the_report_and_the_readme_block(tmp_path):
     first = md[answer:datasets]
     assert "*per market, net PnL per test episode at the vip fee tier;" in first
     assert ("| market goog | 3.81 [-23.2, 29.7] | 0.6 | not distinguishable with 14 episodes "
-            "| 129x | Avellaneda-Stoikov | 29.6 [5.1, 60.2] | better |") in first
+            "| 129x | Avellaneda-Stoikov | 29.6 [5.1, 60.2] | better (14 episodes) |") in first
     assert "\nmarket btc: CMM and its teacher are not distinguishable" in first
     assert md.count("## The answer") == 1
     # scripts/readme_results.py: the answer first, after the provenance, one level down

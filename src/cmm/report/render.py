@@ -107,6 +107,8 @@ def verdict_clause(p: dict, with_p: bool = False) -> str:
     elif with_p and p.get("p_value") is not None:  # None: every difference is 0
         delta += f", p {_p_value(p)}"
     verdict = _verdict(p)
+    if with_p and verdict in ("better", "worse"):  # the episode count, as "not distinguishable"
+        delta += f", {p['n']} episodes"
     if verdict == "better":
         return f"{a} is better than {b} ({delta})"
     if verdict == "worse":
@@ -222,16 +224,22 @@ def answer_parts(t: dict) -> dict | None:
             **rivals, "price": price}
 
 
-def _verdict_cell(p: dict | None) -> str:
+def _verdict_cell(p: dict | None, with_p: bool = True) -> str:
+    """A verdict with the episodes behind it ("not distinguishable" names them already) and,
+    ``with_p``, the p of an interval off 0 that the Wilcoxon test does not confirm."""
     if p is None:
         return "–"
-    note = untested_note(p)
-    return p["verdict"] + (f" (Wilcoxon p {_p_value(p)})" if note else "")
+    if p["verdict"] in ("better", "worse"):
+        return f"{p['verdict']} ({p['n']} episodes)"
+    return p["verdict"] + (f" (Wilcoxon p {_p_value(p)})" if with_p and untested_note(p) else "")
 
 
 def _marked(p: dict | None) -> str:
-    mark = p["verdict"] if p is not None and p["verdict"] in ("better", "worse") else ""
-    return _delta(p) + (f" ({mark})" if mark else "")
+    """A price-of-latency cell: Δ [interval], the episodes, and better / worse where so."""
+    if p is None:
+        return "–"
+    mark = f"{p['verdict']}, " if p["verdict"] in ("better", "worse") else ""
+    return f"{_delta(p)} ({mark}{p['n']} episodes)"
 
 
 def answer_row(market: str, a: dict) -> list[str]:
@@ -239,7 +247,7 @@ def answer_row(market: str, a: dict) -> list[str]:
     pt = a["teacher"]
     # the teacher's p has its own column; the rivals' verdicts carry it where needed
     row = [market, _delta(pt), "–" if pt is None else _p_value(pt),
-           "–" if pt is None else pt["verdict"], _times(a["speedup"])]
+           _verdict_cell(pt, with_p=False), _times(a["speedup"])]
     for role in ("rule", "yard"):
         best, pair, _ = a[role]
         row += ["–" if best is None else best["label"], _delta(pair), _verdict_cell(pair)]
@@ -294,7 +302,10 @@ def answer_blocks(manifest: dict, tables: dict) -> list[Block]:
            "interval off 0 with a larger p: not distinguishable, its p beside it); speed-up: "
            "teacher latency / CMM latency; best rule-based quoter: the higher mean test EPnL of "
            "fixed spread and Avellaneda-Stoikov; best yardstick: of ridge and LightGBM; the "
-           "last two columns: the price of latency, (better) / (worse) as above; –: not run")
+           "last two columns: the price of latency, (better) / (worse) as above; N episodes: "
+           "the pairs behind each Δ, test episodes of all seeds pooled (a shared teacher's "
+           "and a seed-independent policy's episodes are the same market periods in every "
+           "seed); –: not run")
     return [Block("h2", "The answer"), Block("table", cap, ANSWER_HEADERS, rows),
             *(Block("p", s) for s in sentences)]
 
