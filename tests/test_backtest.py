@@ -290,7 +290,8 @@ def test_plan_cuts_equal_whole_episodes():
     assert np.all(plan.ts_ns >= plan.episode_start_ns[plan.episode])
     every = make_plan(samples, "test", 100 * MS, BacktestConfig(episode_s=10.0, decision_every=4))
     assert every.n_decisions == 50
-    with pytest.raises(InputError, match="shorter than one episode"):
+    # the longest session's span (24.9 s), not the split's (the sessions are 1,000 s apart)
+    with pytest.raises(InputError, match=r"shorter than one episode.*<= 24\.9 s \(the longest"):
         make_plan(samples, "test", 100 * MS, BacktestConfig(episode_s=100.0))
 
 

@@ -27,7 +27,17 @@ from cmm.strategy.policy import DecisionPlan, Policy, Predictions, Quotes
 if TYPE_CHECKING:
     from cmm.data.prepare import PreparedDataset
 
-__all__ = ["make_plan", "replay", "Replay", "run_backtest", "BacktestResult"]
+__all__ = ["make_plan", "split_too_short", "replay", "Replay", "run_backtest", "BacktestResult"]
+
+
+def split_too_short(ts_ns: np.ndarray, session: np.ndarray, episode_s: float) -> InputError:
+    """The error of a split that holds no whole episode, naming its longest session (sessions
+    lie apart in time, so the split's overall span would say nothing); the backtest's plan and
+    the RL environment both raise it."""
+    span = max(float(np.ptp(ts_ns[session == s])) for s in np.unique(session)) / 1e9
+    return InputError("the split is shorter than one episode", field="backtest.episode_s",
+                      expected=f"<= {span:.1f} s (the longest session of the split; "
+                               "per_dataset sets a dataset's own)", got=episode_s)
 
 
 def make_plan(samples: pl.DataFrame, split: str, dt_ns: int, config: BacktestConfig) -> DecisionPlan:
@@ -54,13 +64,8 @@ def make_plan(samples: pl.DataFrame, split: str, dt_ns: int, config: BacktestCon
             ep_sess.append(sid)
             ep_start.append(t_first + e * ep_len)
             ep_end.append(t_first + (e + 1) * ep_len)
-    if not ep_start:  # the longest session of the split (sessions are apart in time)
-        span = max((ts_all[sess_all == sid].max() - ts_all[sess_all == sid].min()) / 1e9
-                   for sid in np.unique(sess_all))
-        raise InputError("the split is shorter than one episode", field="backtest.episode_s",
-                         expected=f"<= {span:.1f} s (the longest session of the split; per_dataset "
-                                  "sets a dataset's own)",
-                         got=config.episode_s)
+    if not ep_start:
+        raise split_too_short(ts_all, sess_all, config.episode_s)
     r = np.concatenate(rows)
     return DecisionPlan(split=split, n_rows=len(samples), rows=r, ts_ns=ts_all[r],
                         session=sess_all[r], episode=np.concatenate(ep_ids),

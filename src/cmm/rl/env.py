@@ -131,14 +131,10 @@ class MarketMakingEnv(gym.Env):
             starts.append(idx[ok])
             ends.append(idx[0] + end[ok])
         starts, ends = np.concatenate(starts), np.concatenate(ends)
-        if len(starts) == 0:  # the longest session of the split (sessions are apart in time)
-            span = max((m.row_ts_ns[m.row_session == sid].max()
-                        - m.row_ts_ns[m.row_session == sid].min()) / 1e9
-                       for sid in np.unique(m.row_session))
-            raise InputError("the split is shorter than one episode", field="backtest.episode_s",
-                             expected=f"< {span:.1f} s (the longest session of the split; "
-                                      "per_dataset sets a dataset's own)",
-                             got=self.backtest.episode_s)
+        if len(starts) == 0:
+            from cmm.backtest.runner import split_too_short
+
+            raise split_too_short(m.row_ts_ns, m.row_session, self.backtest.episode_s)
         return starts.astype(np.int64), ends.astype(np.int64)
 
     def _draw_episode(self, options: dict | None) -> Episode:

@@ -22,6 +22,7 @@ from cmm.config import TeacherPolicyConfig
 from cmm.errors import InputError
 from cmm.io import reading
 from cmm.strategy.policy import DecisionPlan, Policy, Predictions, register_policy
+from cmm.teacher.latency import charged_ns
 from cmm.teacher.store import LATENCY_FILE, StaleArtefactError, check_data, read_meta
 
 
@@ -50,7 +51,7 @@ def teacher_latency_ns(folder: str | Path, latency_ns: int | None = None,
         return int(round(measured[threads]["p50"] * 1e6))
     if "charged_ns" in measured:  # what cmm.teacher.latency.measure_latency stored
         return int(measured["charged_ns"])
-    return int(measured["all_threads"]["p50"] * 1e6)  # the same figure, not stored
+    return charged_ns(measured)  # a file written before charged_ns was stored
 
 
 @register_policy("teacher")
