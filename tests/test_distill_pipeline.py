@@ -19,6 +19,7 @@ from cmm.config import (
     TeacherConfig,
 )
 from cmm.distill.executor import SerialExecutor
+from cmm.errors import InputError
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +67,7 @@ def test_distill_then_moe_end_to_end(teacher_run):
     sources = {s["name"]: s["record"]["stop_source"] for s in meta["students"]}
     assert set(sources.values()) <= {"validation", "train-tail"}
 
-    report = run_moe(ds, out, MOE)
+    report = run_moe(ds, out, MOE, teacher_dir=root / "teacher")
     models = {r["model"] for r in report["rows"]}
     for want in ("teacher", "train-mean", "cmm (hajek)", "cmm (mean)", "cmm (router)",
                  "cmm (regime)", "no_task (hajek)", "no_data", "kd", "fitnets"):
@@ -85,6 +86,12 @@ def test_distill_then_moe_end_to_end(teacher_run):
     hajek = next(r for r in report["rows"] if r["model"] == "cmm (hajek)"
                  and r["split"] == "validation")
     assert hajek["parameters"] == quoter.mixture.n_parameters
+    assert report["teacher_dir"] == str(root / "teacher")
+    # the teacher's rows come from the folder given, with no fallback: no features there is an
+    # error naming the file (raised before any gate is fitted)
+    with pytest.raises(InputError, match="validation.safetensors"):
+        run_moe(ds, out, MOE, root / "elsewhere", measure_latency=False,
+                teacher_dir=root / "probe")
 
 
 def test_cli_commands(teacher_run, monkeypatch):
@@ -105,6 +112,16 @@ def test_cli_commands(teacher_run, monkeypatch):
                               str(root / "m.yaml"), "--no-latency"])
     assert res.exit_code == 0, res.output
     assert (root / "cli" / "cmm" / "mixture.safetensors").is_file()
+    # cmm moe: the teacher recorded in the experts by default, none with --no-teacher-row
+    ev = json.loads((root / "cli" / "evaluation.json").read_text())
+    assert ev["teacher_dir"] == str(root / "teacher")
+    assert {"validation", "test"} <= {r["split"] for r in ev["rows"] if r["model"] == "teacher"}
+    res = runner.invoke(app, ["moe", "--experts", str(root / "cli"), "--out", str(root / "cli-nt"),
+                              "--config", str(root / "m.yaml"), "--no-latency",
+                              "--no-teacher-row"])
+    assert res.exit_code == 0, res.output
+    ev = json.loads((root / "cli-nt" / "evaluation.json").read_text())
+    assert ev["teacher_dir"] is None and all(r["model"] != "teacher" for r in ev["rows"])
     (root / "bad.yaml").write_text("expert: {hidden: 6, widht: 3}\n")
     res = runner.invoke(app, ["distill", "--teacher", str(root / "teacher"), "--out",
                               str(root / "cli2"), "--config", str(root / "bad.yaml")])

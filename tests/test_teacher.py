@@ -11,9 +11,10 @@ import torch
 
 from cmm.config import BackboneConfig, TeacherConfig
 from cmm.errors import CmmError, InputError
+from cmm.metrics import regression_metrics
 from cmm.teacher.backbone import BackboneUnavailableError, load_backbone
 from cmm.teacher.data import synthetic_dataset
-from cmm.teacher.evaluate import RidgeBaseline, persistence_baseline, regression_metrics
+from cmm.teacher.evaluate import RidgeBaseline, persistence_baseline
 from cmm.teacher.features import extract_features, load_features
 from cmm.teacher.fit import fit_teacher, predict_windows
 from cmm.teacher.latency import measure_latency

@@ -10,9 +10,9 @@ import torch
 from cmm.config import BackboneConfig, TeacherConfig
 from cmm.data.windows import Windows
 from cmm.errors import InputError
+from cmm.metrics import regression_metrics
 from cmm.teacher.backbone import load_backbone
 from cmm.teacher.data import ArrayDataset
-from cmm.teacher.evaluate import regression_metrics
 from cmm.teacher.fit import _Schedule, fit_teacher, predict_windows
 from cmm.teacher.model import build_teacher, window_level
 from cmm.yardsticks import summary_features

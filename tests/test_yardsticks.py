@@ -8,7 +8,7 @@ import pytest
 
 from cmm.config import YardstickConfig
 from cmm.data.windows import Windows
-from cmm.teacher.evaluate import direction_classes
+from cmm.metrics import direction_classes
 from cmm.yardsticks import GradientBoosted, RidgeBaseline, summary_features
 
 

@@ -18,7 +18,8 @@ Per episode ``e``:
 Across episodes: ``EPnL`` = mean ``pnl``; ``EPnL_gross`` = mean ``gross_pnl``; ``MAP`` = mean
 ``map``; ``PnLMAP`` = EPnL / MAP; ``RPT`` = total PnL / total fills; ``Sharpe`` = mean / std
 (ddof 1) of episode PnL, not annualised; and mean and standard deviation (ddof 1) of every
-per-episode column. Every net figure is at the replay's fee tier (``fee_tier``).
+per-episode column. Every net figure is at the replay's fee tier (``fee_tier``). The formulas
+(the ratios, their guard, the drawdown) are :mod:`cmm.metrics`'s, which the report uses too.
 
 Another tier without another replay: fills do not depend on fees (no policy reads them), so
 :func:`net_pnl_at` gives each episode's net PnL at another tier of the instrument from the
@@ -35,6 +36,7 @@ import polars as pl
 
 from cmm.backtest.runner import BacktestResult
 from cmm.config import FeeTier
+from cmm.metrics import max_drawdown, pnl_map, rpt, sample_std, sharpe
 
 PER_EPISODE = ["pnl", "gross_pnl", "map", "fills", "volume", "fees", "max_drawdown"]
 
@@ -115,12 +117,6 @@ def reprice(result: BacktestResult, tier: str) -> BacktestResult:
     return dataclasses.replace(result, episodes=eps, records=rec, settings=settings)
 
 
-def max_drawdown(equity: np.ndarray) -> float:
-    """Largest peak-to-trough fall of a path that starts at 0 (NaNs skipped)."""
-    path = np.concatenate([[0.0], equity[~np.isnan(equity)]])
-    return float(np.max(np.maximum.accumulate(path) - path))
-
-
 def episode_metrics(result: BacktestResult) -> pl.DataFrame:
     """One row per episode with the per-episode metrics (see the module docstring)."""
     inst = result.instrument
@@ -149,34 +145,30 @@ def episode_metrics(result: BacktestResult) -> pl.DataFrame:
     return pl.DataFrame(rows)
 
 
-def _ratio(a: float, b: float) -> float:
-    return a / b if b != 0 and not math.isnan(b) else math.nan
-
-
 def summarize(result: BacktestResult) -> dict:
     """Metrics of a backtest: headline figures and mean/std over episodes."""
     per = episode_metrics(result)
-    pnl = per["pnl"].to_numpy()
-    n = len(pnl)
-    std = lambda a: float(np.std(a, ddof=1)) if len(a) > 1 else math.nan  # noqa: E731
+    n = len(per)
+    pnl = per["pnl"].to_numpy().astype(np.float64) if n else np.zeros(0)
+    map_ = per["map"].to_numpy().astype(np.float64) if n else np.zeros(0)
+    fills = per["fills"].to_numpy() if n else np.zeros(0, np.int64)
     epnl = float(pnl.mean()) if n else math.nan
-    map_ = float(per["map"].mean()) if n else math.nan
-    total_fills = int(per["fills"].sum()) if n else 0
+    total_fills = int(fills.sum())
     gross = per["gross_pnl"].to_numpy() if n else np.zeros(0)
     out = {
         "dataset": result.dataset, "policy": result.policy, "split": result.split,
         "currency": result.currency, "fee_tier": result.fee_tier, "episodes": n,
-        "EPnL": epnl, "EPnL_std": std(pnl),
-        "EPnL_gross": float(gross.mean()) if n else math.nan, "EPnL_gross_std": std(gross),
-        "MAP": map_, "MAP_std": std(per["map"].to_numpy()),
-        "PnLMAP": _ratio(epnl, map_), "RPT": _ratio(float(pnl.sum()), total_fills),
-        "Sharpe": _ratio(epnl, std(pnl)), "total_pnl": float(pnl.sum()),
+        "EPnL": epnl, "EPnL_std": sample_std(pnl),
+        "EPnL_gross": float(gross.mean()) if n else math.nan, "EPnL_gross_std": sample_std(gross),
+        "MAP": float(map_.mean()) if n else math.nan, "MAP_std": sample_std(map_),
+        "PnLMAP": pnl_map(pnl, map_), "RPT": rpt(pnl, fills),
+        "Sharpe": sharpe(pnl), "total_pnl": float(pnl.sum()),
         "total_gross_pnl": float(gross.sum()), "fills": total_fills,
         "per_episode": {},
     }
     for col in PER_EPISODE:
         a = per[col].to_numpy().astype(np.float64)
-        out["per_episode"][col] = {"mean": float(a.mean()) if n else math.nan, "std": std(a)}
+        out["per_episode"][col] = {"mean": float(a.mean()) if n else math.nan, "std": sample_std(a)}
     out["max_drawdown"] = out["per_episode"]["max_drawdown"]["mean"]
     out["volume"] = float(per["volume"].sum()) if n else 0.0
     out["fees"] = float(per["fees"].sum()) if n else 0.0

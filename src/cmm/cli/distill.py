@@ -72,6 +72,11 @@ def moe(
     config: Annotated[Path | None, typer.Option(
         help="YAML with MoEConfig fields (unknown keys are rejected).")] = None,
     latency: Annotated[bool, typer.Option(help="Measure the Quoter's decision latency.")] = True,
+    teacher: Annotated[Path | None, typer.Option(
+        help="Teacher folder whose features/ hold its predictions, for the table's teacher rows "
+             "(default: the teacher the experts were distilled from).")] = None,
+    teacher_row: Annotated[bool, typer.Option(
+        help="Add the teacher's rows to the table (its features must be there).")] = True,
 ) -> None:
     """Fit the Hajek-MoE and the gate controls on validation (experts frozen), save each
     variant's mixture (``<out>/cmm`` is the CMM), time the Quoter, and write the error table."""
@@ -80,9 +85,20 @@ def moe(
 
     cfg = load_yaml_model(MoEConfig, config) if config else MoEConfig()
     ds = _dataset(dataset)
-    report = run_moe(ds, experts, cfg, out, measure_latency=latency)
+    teacher_dir = (teacher or _recorded_teacher(experts)) if teacher_row else None
+    report = run_moe(ds, experts, cfg, out, measure_latency=latency, teacher_dir=teacher_dir)
     folder = Path(out or experts)
     console.print((folder / "evaluation.md").read_text())
     console.print(f"wrote {folder / 'evaluation.json'}, mixtures under {folder}")
     if report.get("latency"):
         console.print(f"latency: {report['latency']}")
+
+
+def _recorded_teacher(experts: Path) -> Path:
+    """The teacher folder recorded in the experts' ``experts.json`` (``teacher.dir``)."""
+    from cmm.distill.pipeline import KIND, META_FILE, SCHEMA_VERSION, TENSORS_FILE
+    from cmm.io import read_artefact_meta
+
+    meta, _ = read_artefact_meta(experts, META_FILE, TENSORS_FILE, kind=KIND,
+                                 schema_version=SCHEMA_VERSION, command="cmm distill")
+    return Path(meta["teacher"]["dir"])

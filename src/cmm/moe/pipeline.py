@@ -11,7 +11,8 @@ decision latency is measured in a fresh process and stored in its ``mixture.json
 
 Report: ``evaluation.json`` and ``evaluation.md``: per variant and gate, MSE (target units) and
 R^2 of each target on validation (where gates are fitted, so their rows are in-sample for the
-gate parameters) and on test (never used for any fit), beside the teacher and the train mean.
+gate parameters) and on test (never used for any fit), beside the train mean and the teacher
+(its cached features' predictions, when ``run_moe`` is given the teacher's folder).
 """
 
 from __future__ import annotations
@@ -26,21 +27,17 @@ from cmm.config import MoEConfig
 from cmm.distill.pipeline import read_experts
 from cmm.distill.train import load_student
 from cmm.io import atomic_path, write_json
+from cmm.metrics import regression_metrics
 from cmm.moe.artefact import META_FILE, save_mixture
 from cmm.moe.latency import measure_all_in_subprocess
 from cmm.moe.mixture import MixtureModel, fit_gates
 from cmm.vocabulary import EVALUATED_SPLITS, REGIMES, TASKS
 
 
-def target_metrics(pred: np.ndarray, y: np.ndarray) -> dict[str, dict[str, float | None]]:
-    """Per task: MSE in the target's units and R^2 against the split's own mean."""
-    out = {}
-    for k, task in enumerate(TASKS):
-        err = np.asarray(pred[:, k], np.float64) - y[:, k]
-        sst = float(((y[:, k] - y[:, k].mean()) ** 2).sum())
-        out[task] = {"mse": float((err ** 2).mean()),
-                     "r2": 1.0 - float((err ** 2).sum()) / sst if sst > 0 else None}
-    return out
+def _metrics(pred: np.ndarray, y: np.ndarray) -> dict[str, dict[str, float | None]]:
+    # per task MSE and R^2 (cmm.metrics), no direction measures; a task the variant does not
+    # predict (NaN in pred) gets NaN
+    return regression_metrics(pred, y, direction=False)
 
 
 def build_mixture(meta: dict, specs, states, variant) -> MixtureModel:
@@ -50,24 +47,29 @@ def build_mixture(meta: dict, specs, states, variant) -> MixtureModel:
                         meta["y_std"])
 
 
-def _teacher_predictions(meta: dict, dataset) -> dict[str, np.ndarray]:
+def teacher_predictions(teacher_dir: str | Path, dataset) -> dict[str, np.ndarray]:
+    """The teacher's predictions on each evaluated split, from the features cached in
+    ``teacher_dir`` (the teacher's folder, with ``features/``). A missing or stale features
+    file raises (InputError / StaleArtefactError naming it)."""
     from cmm.teacher.features import load_features
 
-    out = {}
-    for split in EVALUATED_SPLITS:
-        try:
-            out[split] = load_features(meta["teacher"]["dir"], split, dataset).pred
-        except Exception:  # noqa: BLE001 - the teacher row is optional in the report
-            continue
-    return out
+    return {split: load_features(teacher_dir, split, dataset).pred
+            for split in EVALUATED_SPLITS}
 
 
 def run_moe(dataset, experts_dir: str | Path, config: MoEConfig, out_dir: str | Path | None = None,
-            measure_latency: bool = True, on_progress=None) -> dict:
+            measure_latency: bool = True, on_progress=None, *,
+            teacher_dir: str | Path | None = None) -> dict:
+    """Fit the gates of every variant of the experts in ``experts_dir``, save the mixtures
+    under ``out_dir`` (default: ``experts_dir``) and write ``evaluation.json`` / ``.md``.
+    ``teacher_dir``: the folder of the teacher whose features (``<teacher_dir>/features/``)
+    hold its predictions, for the table's teacher rows (read with no fallback: a missing file
+    is an error naming it); None: no teacher rows."""
     t0 = time.perf_counter()
     experts_dir = Path(experts_dir)
     out_dir = Path(out_dir) if out_dir is not None else experts_dir
     meta, specs, states, variants = read_experts(experts_dir, dataset)
+    teacher = {} if teacher_dir is None else teacher_predictions(teacher_dir, dataset)
     torch.manual_seed(config.seed)
     data = {s: (dataset.windows(s), dataset.targets(s), np.asarray(dataset.regimes(s)))
             for s in EVALUATED_SPLITS}
@@ -76,11 +78,10 @@ def run_moe(dataset, experts_dir: str | Path, config: MoEConfig, out_dir: str | 
     for split in EVALUATED_SPLITS:
         y = data[split][1]
         rows.append({"model": "train-mean", "variant": "reference", "gate": "", "split": split,
-                     "parameters": 0, "metrics": target_metrics(np.tile(train_mean,
-                                                                        (len(y), 1)), y)})
-    for split, pred in _teacher_predictions(meta, dataset).items():
+                     "parameters": 0, "metrics": _metrics(np.tile(train_mean, (len(y), 1)), y)})
+    for split, pred in teacher.items():
         rows.append({"model": "teacher", "variant": "reference", "gate": "", "split": split,
-                     "parameters": None, "metrics": target_metrics(pred, data[split][1])})
+                     "parameters": None, "metrics": _metrics(pred, data[split][1])})
     mixtures: dict[str, dict] = {}
     for i, variant in enumerate(variants):
         if on_progress:
@@ -104,7 +105,7 @@ def run_moe(dataset, experts_dir: str | Path, config: MoEConfig, out_dir: str | 
                              "variant": variant.name, "kind": variant.kind,
                              "gate": gate if multi else "", "split": split,
                              "parameters": params, "gate_parameters": gate_params,
-                             "metrics": target_metrics(full, y),
+                             "metrics": _metrics(full, y),
                              "mean_weights": {t: w.mean(axis=0).round(4).tolist()
                                               for t, w in weights.items()}})
         folder = out_dir / variant.name
@@ -145,6 +146,7 @@ def run_moe(dataset, experts_dir: str | Path, config: MoEConfig, out_dir: str | 
                 latency = by_gate[main]
     report = {"schema_version": 1, "kind": "cmm.moe.evaluation", "dataset": dataset.name,
               "data_cache_key": dataset.cache_key, "experts_dir": str(experts_dir),
+              "teacher_dir": None if teacher_dir is None else str(teacher_dir),
               "settings": config.model_dump(mode="json"), "rows": rows, "mixtures": mixtures,
               "parameters": meta["parameters"], "latency": latency,
               "regime_counts": {s: np.bincount(data[s][2].astype(int),

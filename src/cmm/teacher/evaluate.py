@@ -1,9 +1,10 @@
 """Metrics of the three targets, and the honest baselines the teacher must beat.
 
-Every model is scored on the same windows: MSE and R^2 per target (R^2 against the split's own
-mean, as scikit-learn's ``r2_score``), and for the mid target the direction accuracy: the share
-of windows with a non-zero future return whose predicted sign is right (undefined for a model
-that always predicts 0).
+Every model is scored on the same windows by :func:`cmm.metrics.regression_metrics`: MSE and
+R^2 per target (R^2 against the split's own mean, as scikit-learn's ``r2_score``), and for the
+mid target the direction accuracy: the share of windows with a non-zero future return whose
+predicted sign is right (undefined for a model that always predicts 0), and the up/flat/down
+accuracy and macro-F1 beyond the flat threshold.
 
 Baselines (fitted on train, chosen on validation, never on test):
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 import numpy as np
 
 from cmm.config import YardstickConfig
+from cmm.metrics import regression_metrics  # cmm.pipeline.run imports it from here too
 from cmm.vocabulary import EVALUATED_SPLITS, SPLITS, TASKS
 from cmm.yardsticks import (
     GradientBoosted,
@@ -29,52 +31,6 @@ from cmm.yardsticks import (
     flat_threshold_bps,
     summary_features,
 )
-
-
-def regression_metrics(pred: np.ndarray, y: np.ndarray, flat_bps: float | None = None
-                       ) -> dict[str, dict[str, float | None]]:
-    """Per task: ``mse``, ``r2`` and, for ``mid``, ``direction_acc``; with ``flat_bps`` also
-    the up/flat/down classification beyond that threshold (|return| < ``flat_bps`` is flat, for
-    the truth and the prediction alike): ``direction3_acc`` and its macro-F1 ``direction3_f1``,
-    the measures of the limit-order-book literature. pred, y: (N, 3)."""
-    pred, y = np.asarray(pred, np.float64), np.asarray(y, np.float64)
-    out: dict[str, dict[str, float | None]] = {}
-    for k, task in enumerate(TASKS):
-        err = pred[:, k] - y[:, k]
-        sst = float(((y[:, k] - y[:, k].mean()) ** 2).sum())
-        mse = float((err**2).mean())
-        m: dict[str, float | None] = {
-            "mse": mse,
-            "r2": 1.0 - float((err**2).sum()) / sst if sst > 0 else None,
-        }
-        if task == "mid":
-            moved = y[:, k] != 0
-            signs = np.sign(pred[moved, k])
-            m["direction_acc"] = (
-                float((signs == np.sign(y[moved, k])).mean())
-                if moved.any() and np.any(signs != 0) else None
-            )
-            if flat_bps is not None:
-                m.update(direction_classes(pred[:, k], y[:, k], flat_bps))
-        out[task] = m
-    return out
-
-
-def direction_classes(pred: np.ndarray, y: np.ndarray, flat_bps: float) -> dict[str, float]:
-    """Accuracy and macro-F1 (mean over down, flat, up of 2PR/(P+R); a class neither true nor
-    predicted is left out of the mean) of the three-way direction beyond ``flat_bps``."""
-    def classes(v):
-        return np.where(v > flat_bps, 2, np.where(v < -flat_bps, 0, 1))
-
-    t, p = classes(np.asarray(y)), classes(np.asarray(pred))
-    confusion = np.bincount(3 * t + p, minlength=9).reshape(3, 3)
-    f1 = []
-    for c in range(3):
-        tp, support, called = confusion[c, c], confusion[c].sum(), confusion[:, c].sum()
-        if support + called:
-            f1.append(2 * tp / (support + called))
-    return {"direction3_acc": float(np.trace(confusion) / max(len(t), 1)),
-            "direction3_f1": float(np.mean(f1)) if f1 else 0.0, "flat_bps": float(flat_bps)}
 
 
 def last_realised(samples, split: str, horizon: int, fallback: np.ndarray) -> np.ndarray:
