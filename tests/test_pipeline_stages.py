@@ -7,7 +7,8 @@ import json
 
 import pytest
 
-from cmm.pipeline.stages import MARKER, Display, StageRunner, Timings, read_marker, stage_key
+from cmm.pipeline.graph import stage_key
+from cmm.pipeline.stages import MARKER, Display, StageRunner, Timings, read_marker
 
 
 @pytest.fixture

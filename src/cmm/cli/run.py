@@ -44,6 +44,11 @@ def run(
     report_only: Annotated[bool, typer.Option(
         help="Only rebuild report.md/report.html from the run folder's finished stages.")
     ] = False,
+    plan: Annotated[bool, typer.Option(
+        "--plan", help="Print the stage graph instead of running it: stages per kind, their "
+                       "estimated seconds, how many are done already, the total stage time "
+                       "and the critical path (the least wall time any number of workers "
+                       "needs).")] = False,
 ) -> None:
     """Run every stage (data, teacher fit, features, probe, experts, mixture, backtests of every
     policy incl. robustness scenarios, report) for every dataset and seed of CONFIG. A stage
@@ -61,22 +66,49 @@ def run(
     cfg = load_run_config(config, name)
     command = "cmm " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else \
         f"cmm run {config}"
+    from cmm.pipeline.layout import RunLayout
+
     if report_only:
         from cmm.report import build_report
         from cmm.report.render import markdown_for
 
         run_dir = root / cfg.name
-        if not (run_dir / "manifest.json").is_file():
-            raise InputError("no finished run here; run `cmm run` first",
-                             file=run_dir / "manifest.json")
+        layout = RunLayout(run_dir, cfg)
+        if not layout.manifest.is_file():
+            raise InputError("no finished run here; run `cmm run` first", file=layout.manifest)
         build_report(run_dir)
-        (run_dir / "report.html").write_bytes((run_dir / "report" / "report.html").read_bytes())
-        (run_dir / "report.md").write_text(markdown_for(run_dir, "report"))
+        # the run folder's copies of the report (its figure links relative to the run folder)
+        (run_dir / "report.html").write_bytes((layout.report / "report.html").read_bytes())
+        (run_dir / "report.md").write_text(markdown_for(run_dir, layout.stage_id(layout.report)))
         console.print(f"report: {run_dir / 'report.html'}")
         return
     from cmm.pipeline.run import Pipeline
 
+    if plan:
+        _print_plan(Pipeline(cfg, root, base_dir=config.resolve().parent, command=command,
+                             config_file=config).plan(), console)
+        return
     run_dir = Pipeline(cfg, root, base_dir=config.resolve().parent, command=command,
                        progress=progress, force=tuple(force or ()), config_file=config).run()
     console.print(f"report: {run_dir / 'report.html'} (and report.md); "
-                  f"log: {run_dir / 'logs' / 'run.log'}")
+                  f"log: {RunLayout(run_dir, cfg).log_file}")
+
+
+def _print_plan(plan: dict, console) -> None:
+    from rich.table import Table
+
+    from cmm.pipeline.stages import fmt_s
+
+    table = Table(title=f"{plan['stages']} stages ({plan['done']} done already)")
+    for col in ("kind", "stages", "estimated stage time"):
+        table.add_column(col, justify="left" if col == "kind" else "right")
+    for kind, k in plan["by_kind"].items():
+        table.add_row(kind, str(k["stages"]), fmt_s(k["seconds"]))
+    console.print(table)
+    total, critical = plan["total_s"], plan["critical_s"]
+    console.print(f"total stage time {fmt_s(total)}; critical path {fmt_s(critical)} "
+                  f"({len(plan['critical_path'])} stages); so at most "
+                  f"{total / critical if critical else 1.0:.1f}x faster with enough workers")
+    for w in (2, 4, 8, 16):
+        console.print(f"  {w:>2} workers: at least {fmt_s(max(critical, total / w))}")
+    console.print("critical path: " + " -> ".join(plan["critical_path"]))

@@ -68,3 +68,119 @@ def teacher_folders(run_dir: str | Path, d_slug: str, config: Any,
         if folder not in out:
             out.append(folder)
     return out
+
+
+# ------------------------------------------------------------------------------ the run folder
+
+SHARED = "seed-independent"  # <dataset>/seed-independent/: the backtests done once per dataset
+CONTROL = "control"  # <seed>/control/: CMM distilled from the random-init teacher
+# the teachers a run fits, by their name in teacher_folder: the LLM, the random-init control
+# (test predictions only) and the control's teacher when CMM is distilled from it too
+TEACHER_NAMES = ("teacher", "teacher-random", f"{CONTROL}/teacher")
+SCENARIOS = ("backtest", "crash")  # a replay of the test split as recorded, or flash-crashed
+
+
+class RunLayout:
+    """Every path of a run folder (``<root>/<name>/``), the one owner of its layout: the
+    pipeline writes through it, the report and the CLI read through it. ``config`` is a
+    :class:`~cmm.config.RunConfig` or its JSON form (a manifest's ``config``); only its seeds
+    and teacher settings matter (where the teachers are)."""
+
+    def __init__(self, run_dir: str | Path, config: Any) -> None:
+        self.run_dir = Path(run_dir)
+        self.config = config
+
+    @classmethod
+    def of_manifest(cls, run_dir: str | Path, manifest: dict) -> RunLayout:
+        """The layout of a finished run, read from its manifest (one written before
+        ``teacher.seeds`` existed: one teacher per seed, in the seed's folder)."""
+        return cls(run_dir, {"seeds": manifest["seeds"],
+                             "teacher": (manifest.get("config") or {}).get("teacher") or {}})
+
+    # the run's own files
+    @property
+    def manifest(self) -> Path:
+        return self.run_dir / "manifest.json"
+
+    @property
+    def config_file(self) -> Path:
+        return self.run_dir / "config.yaml"
+
+    @property
+    def run_info(self) -> Path:
+        return self.run_dir / "run.json"
+
+    @property
+    def log_file(self) -> Path:
+        return self.run_dir / "logs" / "run.log"
+
+    @property
+    def report(self) -> Path:
+        """The report stage's folder (``report.md``, ``report.html`` and ``figures/``; the
+        run folder holds copies of the two reports)."""
+        return self.run_dir / "report"
+
+    # per dataset
+    def dataset(self, d_slug: str) -> Path:
+        return self.run_dir / d_slug
+
+    def data(self, d_slug: str) -> Path:
+        return self.dataset(d_slug) / "data"
+
+    def crash(self, d_slug: str) -> Path:
+        """The crash stage's folder; the crashed copy of the dataset is its ``prepared/``."""
+        return self.dataset(d_slug) / "crash"
+
+    def shared(self, d_slug: str) -> Path:
+        return self.dataset(d_slug) / SHARED
+
+    def seed(self, d_slug: str, run_seed: int) -> Path:
+        return self.dataset(d_slug) / f"seed{int(run_seed)}"
+
+    # per run seed
+    def teacher(self, d_slug: str, run_seed: int, name: str = "teacher") -> Path:
+        return teacher_folder(self.run_dir, d_slug, run_seed, self.config, name)
+
+    def teachers(self, d_slug: str, name: str = "teacher") -> list[Path]:
+        return teacher_folders(self.run_dir, d_slug, self.config, name)
+
+    def features(self, d_slug: str, run_seed: int, name: str = "teacher") -> Path:
+        return self.teacher(d_slug, run_seed, name) / "features"
+
+    def chain(self, d_slug: str, run_seed: int, control: bool = False) -> Path:
+        """Where a seed's probe, distill and moe folders are (the control's under
+        ``control/``)."""
+        base = self.seed(d_slug, run_seed)
+        return base / CONTROL if control else base
+
+    def probe(self, d_slug: str, run_seed: int, control: bool = False) -> Path:
+        return self.chain(d_slug, run_seed, control) / "probe"
+
+    def distill(self, d_slug: str, run_seed: int, control: bool = False) -> Path:
+        return self.chain(d_slug, run_seed, control) / "distill"
+
+    def moe(self, d_slug: str, run_seed: int, control: bool = False) -> Path:
+        return self.chain(d_slug, run_seed, control) / "moe"
+
+    def rl(self, d_slug: str, run_seed: int, algo: str) -> Path:
+        return self.seed(d_slug, run_seed) / "rl" / algo
+
+    def replay(self, d_slug: str, policy_slug: str, run_seed: int | None,
+               scenario: str = "backtest") -> Path:
+        """A policy's replay (``scenario``: ``backtest`` or ``crash``): in the seed's folder,
+        or, ``run_seed`` None (a policy whose fit does not use the seed), once per dataset."""
+        if scenario not in SCENARIOS:
+            raise ValueError(f"scenario {scenario!r} is not one of {SCENARIOS}")
+        base = self.shared(d_slug) if run_seed is None else self.seed(d_slug, run_seed)
+        return base / scenario / policy_slug
+
+    def policy_replay(self, d_slug: str, policy: dict, run_seed: int,
+                      scenario: str = "backtest") -> Path:
+        """The replay of a manifest's policy entry that run seed ``run_seed`` reads (a
+        seed-independent policy's one replay for every seed)."""
+        seeded = policy.get("seeded", True)
+        return self.replay(d_slug, policy["slug"], run_seed if seeded else None, scenario)
+
+    def stage_id(self, folder: Path) -> str:
+        """A stage's id: its folder relative to the run folder."""
+        return Path(folder).relative_to(self.run_dir).as_posix()

@@ -33,8 +33,10 @@ import os
 import platform
 import subprocess
 import sys
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -42,14 +44,14 @@ from cmm.config import RunConfig
 from cmm.errors import InputError
 from cmm.io import atomic_path, default_cache_dir, write_json
 from cmm.io import file_lock, reading, remove_stale_temporaries
-from cmm.pipeline.layout import teacher_folder, teacher_seed, teacher_seeds
+from cmm.pipeline.graph import Stage, StageGraph
+from cmm.pipeline.layout import RunLayout, teacher_seed, teacher_seeds
 from cmm.pipeline.policies import PolicySpec, policy_specs
-from cmm.pipeline.stages import Display, StageResult, StageRunner, Timings, jsonable, stage_key
+from cmm.pipeline.stages import Display, StageResult, StageRunner, Timings, jsonable
 
 log = logging.getLogger("cmm.run")
 
 SPLIT = "test"
-SHARED = "seed-independent"  # <dataset>/seed-independent/: the backtests done once per dataset
 
 
 def git_revision(where: Path | None = None) -> dict:
@@ -71,19 +73,19 @@ def machine() -> dict:
             "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()}
 
 
-def _setup_logging(run_dir: Path) -> logging.Handler:
-    (run_dir / "logs").mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(run_dir / "logs" / "run.log")
+def _setup_logging(path: Path) -> logging.Handler:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     log.addHandler(handler)
     log.setLevel(logging.INFO)
     return handler
 
 
-def _write_config(run_dir: Path, config: RunConfig) -> None:
+def _write_config(path: Path, config: RunConfig) -> None:
     import yaml
 
-    with atomic_path(run_dir / "config.yaml") as tmp:
+    with atomic_path(path) as tmp:
         tmp.write_text("# resolved configuration of this run: every setting, defaults included\n"
                        + yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
 
@@ -110,7 +112,8 @@ def run_seed(c: RunConfig) -> int:
 
 
 class Pipeline:
-    """One run of the configuration: stages in order, each skipped when already done."""
+    """One run of the configuration: its stage graph (:meth:`graph`), run by an executor, each
+    stage skipped when already done, then the manifest and the report."""
 
     def __init__(self, config: RunConfig, root: str | Path = "runs", *,
                  base_dir: str | Path | None = None, command: str | None = None,
@@ -121,6 +124,7 @@ class Pipeline:
         self.config = config
         self.source = Source.of(config_file)  # where errors about the settings point
         self.run_dir = (Path(root) / config.name).resolve()
+        self.layout = RunLayout(self.run_dir, config)
         self.base_dir = Path(base_dir) if base_dir else Path.cwd()
         self.command = command or " ".join(["cmm", *sys.argv[1:]])
         self.progress = progress
@@ -146,44 +150,37 @@ class Pipeline:
         check_run(self.config, self.source, self._dataset_arg, available_policies())
 
     def _run(self) -> Path:
-        from cmm.strategy.policy import available_policies
-
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        handler = _setup_logging(self.run_dir)
+        handler = _setup_logging(self.layout.log_file)
         try:
             log.info("run %s: %s", self.config.name, self.command)
-            _write_config(self.run_dir, self.config)
+            _write_config(self.layout.config_file, self.config)
             started = datetime.now(timezone.utc).isoformat(timespec="seconds")
             info = {"command": self.command, "git": git_revision(), "machine": machine(),
                     "started": started, "cwd": str(Path.cwd())}
-            write_json(self.run_dir / "run.json", info)
-            specs, tables, skipped = policy_specs(self.config, available_policies())
-            for s in skipped:
+            write_json(self.layout.run_info, info)
+            graph = self.graph()
+            for s in self.skipped:
                 log.info("policy %s left out: %s", s["policy"], s["reason"])
-            self.specs, self.tables = specs, tables
-            self.shared = {s.slug for s in specs if not s.seeded}
             self.manifest = {"schema_version": 1, "name": self.config.name, **info,
                              "config": self.config.model_dump(mode="json"),
                              "seeds": list(self.config.seeds),
                              # per run seed, the seed of the teacher it distils
                              "teacher_seeds": teacher_seeds(self.config),
-                             "policies": [s.to_json() for s in specs], "tables": tables,
-                             "skipped": skipped, "datasets": []}
+                             "policies": [s.to_json() for s in self.specs],
+                             "tables": self.tables, "skipped": self.skipped, "datasets": []}
             with Display(self.progress) as display:
                 self.runner = StageRunner(display, Timings(default_cache_dir() / "timings.json"),
                                           self.force)
-                display.plan(self._planned())
-                run_config = self.config
-                for name in run_config.datasets:
-                    self.config = run_config.for_dataset(name)  # per_dataset settings in
-                    try:
-                        self._dataset(name)
-                    finally:
-                        self.config = run_config
+                display.plan({**{s.id: self.runner.estimate(s) for s in graph},
+                              "report": self.runner.timings.estimate("report", "")})
+                run_in_process(graph, self.runner)
+                self.manifest["datasets"] = [self._manifest_entry(e, self.runner.results)
+                                             for e in self._entries]
                 self.manifest["stages"] = [{"stage": k, "seconds": r.seconds,
                                             "cached": r.cached}
                                            for k, r in self.runner.results.items()]
-                write_json(self.run_dir / "manifest.json", self.manifest)
+                write_json(self.layout.manifest, self.manifest)
                 self._report()
             log.info("finished: %s", self.run_dir / "report.html")
         finally:
@@ -191,44 +188,53 @@ class Pipeline:
             handler.close()
         return self.run_dir
 
-    def _planned(self) -> dict[str, float | None]:
-        """Every stage id this run goes through, with its estimate (for the total's time left)."""
-        t = self.runner.timings
-        out: dict[str, float | None] = {}
-        c = self.config
-        for name in c.datasets:
-            d = self._slug(name)
-            out[f"{d}/data"] = t.estimate("data", d)
-            if c.robustness.flash_crash is not None:
-                out[f"{d}/crash"] = t.estimate("crash", d)
-            for s in self.specs:
-                if not s.seeded:
-                    out[f"{d}/{SHARED}/backtest/{s.slug}"] = t.estimate("backtest", d)
-            for slug in self.tables.get("crash", []):
-                if slug in self.shared:
-                    out[f"{d}/{SHARED}/crash/{slug}"] = t.estimate("backtest", d)
-            for seed in c.seeds:
-                p = f"{d}/seed{seed}"
-                t_id, f_id = self._teacher_ids(d, seed, "teacher")  # a shared one once
-                out[t_id], out[f_id] = t.estimate("teacher", d), t.estimate("features", d)
-                for kind in ("probe", "distill", "moe"):
-                    out[f"{p}/{kind}"] = t.estimate(kind, d)
-                if c.controls.random_teacher:
-                    out[self._teacher_ids(d, seed, "teacher-random")[0]] = \
-                        t.estimate("teacher", d)
-                for s in self.specs:
-                    if s.source == "registry" and s.name in c.rl:
-                        out[f"{p}/rl-{s.name}"] = t.estimate("rl", d)
-                for s in self.specs:
-                    if s.seeded:
-                        out[f"{p}/backtest/{s.slug}"] = t.estimate("backtest", d)
-                for slug in self.tables.get("crash", []):
-                    if slug not in self.shared:
-                        out[f"{p}/crash/{slug}"] = t.estimate("backtest", d)
-        out["report"] = t.estimate("report", "")
-        return out
+    def plan(self) -> dict:
+        """What the run's graph allows, without running it: the stages, their estimated
+        seconds from scratch (last time in this folder, else this machine's last time of the
+        kind, else a prior), how many are done already (marked with the same key), the total
+        stage time and the critical path (no executor finishes sooner, however many workers)."""
+        from cmm.pipeline.stages import read_marker
 
-    # ---------------------------------------------------------------------------- dataset
+        self.check()
+        graph = self.graph()
+        timings = Timings(default_cache_dir() / "timings.json")
+        seconds: dict[str, float] = {}
+        done = 0
+        by_kind: dict[str, dict] = {}
+        for s in graph:
+            marker = read_marker(s.folder)
+            if marker is not None and marker.get("key") == s.key:
+                done += 1
+            est = float(marker["seconds"]) if marker and marker.get("seconds") else \
+                timings.estimate(s.kind, s.scope) or 0.0
+            seconds[s.id] = est
+            k = by_kind.setdefault(s.kind, {"stages": 0, "seconds": 0.0})
+            k["stages"] += 1
+            k["seconds"] += est
+        critical, path = graph.critical_path(seconds)
+        return {"stages": len(graph), "done": done, "total_s": sum(seconds.values()),
+                "critical_s": critical, "critical_path": path, "by_kind": by_kind,
+                "seconds": seconds}
+
+    # ------------------------------------------------------------------------------ graph
+    def graph(self) -> StageGraph:
+        """Every stage of the run but the report, declared with its folder, inputs and the
+        stages it reads (nothing is run or written)."""
+        from cmm.strategy.policy import available_policies
+
+        self.specs, self.tables, self.skipped = policy_specs(self.config, available_policies())
+        self.shared = {s.slug for s in self.specs if not s.seeded}
+        graph = StageGraph()
+        self._entries: list[dict] = []  # per dataset, the stage ids its manifest entry reads
+        run_config = self.config
+        for name in run_config.datasets:
+            self.config = run_config.for_dataset(name)  # per_dataset settings in
+            try:
+                self._entries.append(self._declare_dataset(graph, name))
+            finally:
+                self.config = run_config
+        return graph
+
     def _dataset_arg(self, name: str) -> str:
         if name.endswith((".yaml", ".yml")) and not Path(name).is_absolute():
             return str((self.base_dir / name).resolve())
@@ -240,210 +246,220 @@ class Pipeline:
 
         return _slug(load_dataset_spec(self._dataset_arg(name)).name)
 
-    def _dataset(self, name: str) -> None:
-        from cmm.backtest.runner import make_plan
-        from cmm.data.prepare import prepare_dataset
-        from cmm.pipeline.stress import episode_volatility, most_volatile
-
+    def _declare_dataset(self, g: StageGraph, name: str) -> dict:
+        """The dataset's stages: data, crash, the seed-independent replays, then each seed's;
+        returns what its manifest entry is made of."""
         c = self.config
         d_slug = self._slug(name)
         arg = self._dataset_arg(name)
-        holder: dict = {}
-
-        def prepare(folder: Path, on_progress) -> dict:
-            holder["ds"] = prepare_dataset(arg, c.data, progress=False)
-            return _data_summary(holder["ds"])
-
+        source = self.source
         # The data layer caches by the hash of the raw files, the spec and the settings (and
-        # writes atomically); this stage records that key in the run folder.
-        d_key = data_key(arg, c.data)  # = ds.cache_key: how later stages name the data
-        data = self.runner.run(f"{d_slug}/data", "data", self.run_dir / d_slug / "data",
-                               {"dataset": name, "key": d_key}, prepare, scope=d_slug,
-                               provides=(d_key,))
-        ds = holder.get("ds") or prepare_dataset(arg, c.data, progress=False)
-        if data.info.get("cache_key") != ds.cache_key:
-            raise RuntimeError(f"internal: data key {ds.cache_key} differs from the stage's "
-                               f"{data.info.get('cache_key')}")
-        from cmm.pipeline.checks import check_splits
+        # writes atomically); this stage records that key in the run folder. Later stages name
+        # the data by that key (= ds.cache_key).
+        d_key = data_key(arg, c.data)
+        ref = DatasetRef(f"{d_slug}/data", arg, c.data)
 
-        check_splits(ds, c, self.source, name, c.datasets.index(name))  # before any model
-        try:
-            plan = make_plan(ds.split_samples(SPLIT), SPLIT, ds.config.grid.dt_ms * 1_000_000,
-                             c.backtest)
-        except InputError as exc:  # e.g. a test split shorter than one episode
-            from cmm.pipeline.checks import located
+        def prepare(folder: Path, on_progress, reads) -> dict:
+            from cmm.data.prepare import prepare_dataset
 
-            raise located(exc, self.source) from None
-        vol = episode_volatility(ds, plan)
-        volatile = most_volatile(vol, c.robustness.volatile_fraction)
-        entry = {"name": name, "slug": d_slug, "dataset": ds.name, "cache_key": ds.cache_key,
-                 **_data_summary(ds), "episode_s": c.backtest.episode_s,
-                 "episodes": {"session": plan.episode_session.tolist(),
-                              "start_ns": plan.episode_start_ns.tolist(),
-                              "end_ns": plan.episode_end_ns.tolist(),
-                              "volatility": vol.tolist(), "volatile": volatile.tolist()},
-                 "seeds": {}}
-        crash_ds, crash_key = None, None
+            ds = prepare_dataset(arg, c.data, progress=False)
+            _OPENED[ds.cache_key] = ds
+            return {**_data_summary(ds), "prepared": str(ds.folder)}
+
+        def check(result) -> None:  # in the driver, before any stage that reads the data
+            from cmm.pipeline.checks import check_splits
+
+            ds = ref.open(result)
+            if ds.cache_key != d_key:
+                raise RuntimeError(f"internal: data key {ds.cache_key} differs from the "
+                                   f"stage's {d_key}")
+            check_splits(ds, c, source, name, c.datasets.index(name))
+            episode_plan(ds, c, source)
+
+        g.add(Stage(ref.stage_id, "data", self.layout.data(d_slug),
+                           {"dataset": name, "key": d_key}, prepare, scope=d_slug,
+                           aliases=(d_key,), checks=check))
+        entry = {"name": name, "slug": d_slug, "config": c, "data": ref, "crash": None,
+                 "seed_independent": {"backtest": {}, "crash": {}}, "seeds": {}}
+        crash = None
         if c.robustness.flash_crash is not None and self.tables.get("crash"):
-            crash_ds, crash_key, crashes = self._crash(ds, plan, d_slug)
-            entry["crash"] = {"crashes": crashes,
-                              "settings": c.robustness.flash_crash.model_dump(mode="json")}
-        self.manifest["datasets"].append(entry)
-        entry["seed_independent"] = self._shared(ds, d_slug, crash_ds, crash_key)
-        for seed in c.seeds:
-            entry["seeds"][str(seed)] = self._seed(ds, d_slug, seed, crash_ds, crash_key)
-
-    def _shared(self, ds, d_slug: str, crash_ds, crash_key) -> dict:
-        """The backtests of the policies whose fit does not use the seed, once per dataset
-        (``<dataset>/seed-independent/``); the report pairs them with every seed's."""
-        base = self.run_dir / d_slug / SHARED
-        sid = f"{d_slug}/{SHARED}"
-        keys: dict = {"main": {}, "rl": {}}
-        out: dict = {"backtest": {}, "crash": {}}
+            crash = self._crash(g, ref, d_key, d_slug)
+            entry["crash"] = crash.id
+        shared = {}
         for spec in self.specs:
-            if spec.seeded:
-                continue
-            res = self._backtest(ds, ds, self.config, spec, keys, base / "backtest" / spec.slug,
-                                 f"{sid}/backtest/{spec.slug}", d_slug, None)
-            out["backtest"][spec.slug] = {"key": res.key, "latency_ns": res.info["latency_ns"]}
+            if not spec.seeded:
+                shared[spec.slug] = self._backtest(g, ref, d_key, d_slug, c, spec, {}, None)
         for slug in self.tables.get("crash", []):
-            if slug not in self.shared:
-                continue
-            spec = next(s for s in self.specs if s.slug == slug)
-            orig = self.runner.results[f"{sid}/backtest/{slug}"]
-            res = self._backtest(ds, crash_ds, self.config, spec, keys, base / "crash" / slug,
-                                 f"{sid}/crash/{slug}", d_slug, (crash_key, orig))
-            out["crash"][slug] = {"key": res.key}
-        return out
+            if slug in self.shared:
+                spec = self._spec(slug)
+                entry["seed_independent"]["crash"][slug] = self._backtest(
+                    g, ref, d_key, d_slug, c, spec, {}, None, crash, shared[slug]).id
+        entry["seed_independent"]["backtest"] = {k: s.id for k, s in shared.items()}
+        for seed in c.seeds:
+            entry["seeds"][str(seed)] = self._declare_seed(g, ref, d_key, d_slug, seed, crash)
+        return entry
 
-    def _crash(self, ds, plan, d_slug: str):
-        from cmm.data.prepare import PreparedDataset
-        from cmm.pipeline.stress import build_crash_dataset
+    def _spec(self, slug: str) -> PolicySpec:
+        return next(s for s in self.specs if s.slug == slug)
 
+    def _crash(self, g: StageGraph, ref: DatasetRef, d_key: str, d_slug: str) -> Stage:
         c = self.config
-        folder = self.run_dir / d_slug / "crash"
-        inputs = {"data": ds.cache_key, "flash_crash": jsonable(c.robustness.flash_crash),
+        inputs = {"data": d_key, "flash_crash": jsonable(c.robustness.flash_crash),
                   "episode_s": c.backtest.episode_s, "decision_every": c.backtest.decision_every}
 
-        def work(out: Path, on_progress) -> dict:
-            cds = build_crash_dataset(ds, plan, c.backtest.episode_s, c.robustness.flash_crash,
-                                      out / "prepared")
+        def work(out: Path, on_progress, reads) -> dict:
+            from cmm.pipeline.stress import build_crash_dataset
+
+            ds = ref(reads)
+            cds = build_crash_dataset(ds, episode_plan(ds, c), c.backtest.episode_s,
+                                      c.robustness.flash_crash, out / "prepared")
             return {"key": cds.cache_key, "crashes": cds.meta["stress"]["crashes"]}
 
-        res = self.runner.run(f"{d_slug}/crash", "crash", folder, inputs, work, scope=d_slug)
-        return PreparedDataset(folder / "prepared"), res.key, res.info["crashes"]
+        return g.add(Stage(f"{d_slug}/crash", "crash", self.layout.crash(d_slug), inputs, work,
+                           reads=(ref.stage_id,), scope=d_slug))
+
+    def _manifest_entry(self, entry: dict, results: dict) -> dict:
+        """A dataset's manifest entry, from the finished stages its ``entry`` names."""
+        from cmm.pipeline.stress import episode_volatility, most_volatile
+
+        c = entry["config"]
+        ds = entry["data"].open(results[entry["data"].stage_id])
+        plan = episode_plan(ds, c, self.source)
+        vol = episode_volatility(ds, plan)
+        volatile = most_volatile(vol, c.robustness.volatile_fraction)
+        out = {"name": entry["name"], "slug": entry["slug"], "dataset": ds.name,
+               "cache_key": ds.cache_key, **_data_summary(ds), "episode_s": c.backtest.episode_s,
+               "episodes": {"session": plan.episode_session.tolist(),
+                            "start_ns": plan.episode_start_ns.tolist(),
+                            "end_ns": plan.episode_end_ns.tolist(),
+                            "volatility": vol.tolist(), "volatile": volatile.tolist()},
+               "seeds": {}}
+        if entry["crash"] is not None:
+            out["crash"] = {"crashes": results[entry["crash"]].info["crashes"],
+                            "settings": c.robustness.flash_crash.model_dump(mode="json")}
+
+        def replays(ids: dict) -> dict:
+            got: dict = {"backtest": {}, "crash": {}}
+            for slug, sid in ids["backtest"].items():
+                got["backtest"][slug] = {"key": results[sid].key,
+                                         "latency_ns": results[sid].info["latency_ns"]}
+            for slug, sid in ids["crash"].items():
+                got["crash"][slug] = {"key": results[sid].key}
+            return got
+
+        out["seed_independent"] = replays(entry["seed_independent"])
+        out["seeds"] = {seed: replays(ids) for seed, ids in entry["seeds"].items()}
+        return out
 
     # ------------------------------------------------------------------------------- seed
-    def _seed(self, ds, d_slug: str, seed: int, crash_ds, crash_key) -> dict:
+    def _declare_seed(self, g: StageGraph, ref: DatasetRef, d_key: str, d_slug: str, seed: int,
+                      crash: Stage | None) -> dict:
+        """Run seed ``seed``'s stages; returns the ids of its replays by policy slug."""
         c = seeded(self.config, seed)
-        base = self.run_dir / d_slug / f"seed{seed}"
-        sid = f"{d_slug}/seed{seed}"
-        chain = self._chain(ds, c, base, sid, d_slug, seed, c.teacher, distill=True)
-        keys = {"main": chain}
+        chains: dict = {"main": self._chain(g, ref, d_key, d_slug, c, seed, c.teacher,
+                                            distill=True)}
         if c.controls.random_teacher:
             random_teacher = c.teacher.model_copy(update={
                 "backbone": c.teacher.backbone.model_copy(update={"init": "random"})})
             if c.controls.random_distill:
-                keys["control"] = self._chain(ds, c, base / "control", f"{sid}/control", d_slug,
-                                              seed, random_teacher, distill=True,
-                                              teacher_name="control/teacher")
+                chains["control"] = self._chain(g, ref, d_key, d_slug, c, seed, random_teacher,
+                                                distill=True, teacher_name="control/teacher",
+                                                control=True)
             else:
-                keys["control"] = self._chain(ds, c, base, sid, d_slug, seed, random_teacher,
-                                              distill=False, teacher_name="teacher-random")
-        keys["rl"] = {s.name: self._rl(ds, c, s.name, base / "rl" / s.name, f"{sid}/rl-{s.name}",
-                                       d_slug)
-                      for s in self.specs if s.source == "registry" and s.name in c.rl}
-        out = {"backtest": {}, "crash": {}}
+                chains["control"] = self._chain(g, ref, d_key, d_slug, c, seed, random_teacher,
+                                                distill=False, teacher_name="teacher-random")
+        chains["rl"] = {s.name: self._rl(g, ref, d_key, d_slug, c, seed, s.name)
+                        for s in self.specs if s.source == "registry" and s.name in c.rl}
+        backtests: dict[str, Stage] = {}
         # own latencies first: "cmm-teacher-latency" is charged the teacher's
         for spec in sorted((s for s in self.specs if s.seeded), key=lambda s: s.latency != "own"):
-            latency = None
-            if spec.latency == "zero":
-                latency = 0
-            elif spec.latency == "teacher":
-                latency = out["backtest"]["teacher"]["latency_ns"]
-            res = self._backtest(ds, ds, c, spec, keys, base / "backtest" / spec.slug,
-                                 f"{sid}/backtest/{spec.slug}", d_slug, None, latency)
-            out["backtest"][spec.slug] = {"key": res.key, "latency_ns": res.info["latency_ns"]}
-        for slug in self.tables.get("crash", []):
-            if slug in self.shared:
-                continue
-            spec = next(s for s in self.specs if s.slug == slug)
-            orig = self.runner.results[f"{sid}/backtest/{slug}"]
-            res = self._backtest(ds, crash_ds, c, spec, keys, base / "crash" / slug,
-                                 f"{sid}/crash/{slug}", d_slug, (crash_key, orig))
-            out["crash"][slug] = {"key": res.key}
-        return out
+            latency_of = backtests["teacher"] if spec.latency == "teacher" else None
+            backtests[spec.slug] = self._backtest(g, ref, d_key, d_slug, c, spec, chains, seed,
+                                                  latency_of=latency_of)
+        crashes = {slug: self._backtest(g, ref, d_key, d_slug, c, self._spec(slug), chains, seed,
+                                        crash, backtests[slug]).id
+                   for slug in self.tables.get("crash", []) if slug not in self.shared}
+        return {"backtest": {k: s.id for k, s in backtests.items()}, "crash": crashes}
 
-    def _chain(self, ds, c: RunConfig, base: Path, sid: str, d_slug: str, seed: int,
-               teacher_cfg, distill: bool, teacher_name: str = "teacher") -> dict:
+    def _chain(self, g: StageGraph, ref: DatasetRef, d_key: str, d_slug: str, c: RunConfig,
+               seed: int, teacher_cfg, distill: bool, teacher_name: str = "teacher",
+               control: bool = False) -> dict[str, Stage]:
         """Teacher fit, features, probe, experts, mixtures (or, for the plain control, the fit
-        and its test predictions) of run seed ``seed``; returns the stage keys and folders.
-        ``teacher_name``: the teacher's folder as :func:`cmm.pipeline.layout.teacher_folder`
-        names it."""
-        teacher, feats, t_dir = self._teacher(ds, d_slug, seed, teacher_cfg, teacher_name,
-                                              distill)
-        out = {"teacher": teacher.key, "teacher_dir": t_dir}
-        if not distill:
-            return out
+        and its test predictions) of run seed ``seed``, by stage name. ``teacher_name``: the
+        teacher's folder as :func:`cmm.pipeline.layout.teacher_folder` names it;
+        ``control``: the probe, experts and mixtures under the seed's ``control/``."""
+        L = self.layout
+        teacher, feats = self._teacher(g, ref, d_key, d_slug, seed, teacher_cfg, teacher_name,
+                                       distill)
+        if feats is None:
+            return {"teacher": teacher}
+        probe_dir = L.probe(d_slug, seed, control)
+        t_id, f_id = teacher.id, feats.id
 
-        def probe(folder: Path, on_progress) -> dict:
+        def probe(folder: Path, on_progress, reads) -> dict:
             from cmm.probe.pipeline import run_probe
 
-            result = run_probe(t_dir, ds, c.probe, folder, teacher_cfg.device, on_progress)
+            result = run_probe(reads[t_id].folder, ref(reads), c.probe, folder,
+                               teacher_cfg.device, on_progress)
             return {"assignment": result["all"]["assignment"],
                     "paper_pattern": result.get("paper_pattern")}
 
-        pr = self.runner.run(f"{sid}/probe", "probe", base / "probe",
-                             {"teacher": teacher.key, "probe": jsonable(c.probe)}, probe,
-                             scope=d_slug)
+        pr = g.add(Stage(L.stage_id(probe_dir), "probe", probe_dir,
+                         {"teacher": teacher.key, "probe": jsonable(c.probe)}, probe,
+                         reads=(ref.stage_id, t_id, f_id), scope=d_slug, resources=_TORCH))
+        p_id = pr.id
 
-        def experts(folder: Path, on_progress) -> dict:
+        def experts(folder: Path, on_progress, reads) -> dict:
             from cmm.distill.pipeline import run_distill
 
-            meta = run_distill(ds, t_dir, c.distill, folder, probe_path=base / "probe" /
-                               "probe.json",
+            meta = run_distill(ref(reads), reads[t_id].folder, c.distill, folder,
+                               probe_path=reads[p_id].folder / "probe.json",
                                on_done=lambda k, n: on_progress("students", k, n))
             return {"assignment": meta["assignment"], "parameters": meta["parameters"]}
 
-        dist = self.runner.run(f"{sid}/distill", "distill", base / "distill",
-                               {"features": feats.key, "probe": pr.key,
-                                "distill": jsonable(c.distill)}, experts, scope=d_slug)
+        distill_dir = L.distill(d_slug, seed, control)
+        dist = g.add(Stage(L.stage_id(distill_dir), "distill", distill_dir,
+                           {"features": feats.key, "probe": pr.key,
+                            "distill": jsonable(c.distill)}, experts,
+                           reads=(ref.stage_id, t_id, f_id, p_id), scope=d_slug,
+                           resources=_TORCH))
+        x_id = dist.id
 
-        def mixtures(folder: Path, on_progress) -> dict:
+        def mixtures(folder: Path, on_progress, reads) -> dict:
             from cmm.moe.pipeline import run_moe
 
-            report = run_moe(ds, base / "distill", c.moe, folder, measure_latency=True,
-                             on_progress=on_progress)
+            report = run_moe(ref(reads), reads[x_id].folder, c.moe, folder, measure_latency=True,
+                             on_progress=on_progress, teacher_dir=reads[f_id].folder.parent)
             return {"latency": report.get("latency"),
                     "gates": {k: v["gates"] for k, v in report["mixtures"].items()}}
 
+        moe_dir = L.moe(d_slug, seed, control)
         # "latency": mixtures store every gate's measured latency (older stages: cmm's only)
-        moe = self.runner.run(f"{sid}/moe", "moe", base / "moe",
-                              {"distill": dist.key, "moe": jsonable(c.moe),
-                               "latency": "per-gate"}, mixtures, scope=d_slug)
-        out.update({"features": feats.key, "probe": pr.key, "distill": dist.key,
-                    "moe": moe.key, "moe_dir": base / "moe", "gates": moe.info["gates"]})
-        return out
+        moe = g.add(Stage(L.stage_id(moe_dir), "moe", moe_dir,
+                          {"distill": dist.key, "moe": jsonable(c.moe), "latency": "per-gate"},
+                          mixtures, reads=(ref.stage_id, f_id, x_id), scope=d_slug))
+        return {"teacher": teacher, "features": feats, "probe": pr, "distill": dist,
+                "moe": moe}
 
     def _teacher_ids(self, d_slug: str, seed: int, name: str) -> tuple[str, str]:
         """The stage ids of the teacher ``name`` that run seed ``seed`` reads and of its
         features: the teacher's folder in the run (``<dataset>/seed<k>/teacher``,
         ``<dataset>/teacher-seed<t>/teacher``), its features beside it."""
-        t_id = teacher_folder(self.run_dir, d_slug, seed, self.config, name).relative_to(
-            self.run_dir).as_posix()
+        t_id = self.layout.stage_id(self.layout.teacher(d_slug, seed, name))
         return t_id, f"{t_id.rsplit('/', 1)[0]}/features"
 
-    def _teacher(self, ds, d_slug: str, seed: int, teacher_cfg, name: str, distill: bool
-                 ) -> tuple[StageResult, StageResult | None, Path]:
+    def _teacher(self, g: StageGraph, ref: DatasetRef, d_key: str, d_slug: str, seed: int,
+                 teacher_cfg, name: str, distill: bool) -> tuple[Stage, Stage | None]:
         """The fit of the teacher ``name`` that run seed ``seed`` reads and, when it is
-        distilled, its features: (fit, features or None, folder). A teacher shared by several
-        run seeds (``teacher.seeds``) is one stage, run or found done by the first."""
-        from cmm.teacher.pipeline import run_fit
-
-        t_dir = teacher_folder(self.run_dir, d_slug, seed, self.config, name)
+        distilled, its features. A teacher shared by several run seeds (``teacher.seeds``) is
+        one stage, declared by the first."""
+        t_dir = self.layout.teacher(d_slug, seed, name)
         t_id, f_id = self._teacher_ids(d_slug, seed, name)
 
-        def fit(folder: Path, on_progress) -> dict:
+        def fit(folder: Path, on_progress, reads) -> dict:
+            from cmm.teacher.pipeline import run_fit
+
+            ds = ref(reads)
             report = run_fit(ds, teacher_cfg, folder, on_progress)
             if not distill:
                 pred = _teacher_predict(folder, ds, ds, teacher_cfg.infer_batch_size,
@@ -452,37 +468,30 @@ class Pipeline:
             return {"fit_seconds": report["fit_seconds"], "stopped_by": report["stopped_by"],
                     "latency_ms": report["latency_ms"]}
 
-        teacher = self._once(t_id, "teacher", t_dir, {"data": ds.cache_key,
-                                                      "teacher": jsonable(teacher_cfg)},
-                             fit, d_slug)
+        teacher = g.add(Stage(t_id, "teacher", t_dir,
+                              {"data": d_key, "teacher": jsonable(teacher_cfg)}, fit,
+                              reads=(ref.stage_id,), scope=d_slug, resources=_TORCH))
         if not distill:
-            return teacher, None, t_dir
+            return teacher, None
 
-        def features(folder: Path, on_progress) -> dict:
+        def features(folder: Path, on_progress, reads) -> dict:
             from cmm.teacher.features import extract_features
             from cmm.teacher.store import load_teacher
 
-            model = load_teacher(t_dir, ds, device=teacher_cfg.device)
-            index = extract_features(model, ds, t_dir, teacher_cfg.infer_batch_size,
-                                     on_progress)
+            ds = ref(reads)
+            model = load_teacher(reads[t_id].folder, ds, device=teacher_cfg.device)
+            index = extract_features(model, ds, reads[t_id].folder,
+                                     teacher_cfg.infer_batch_size, on_progress)
             return {"num_blocks": index["num_blocks"], "width": index["width"]}
 
-        feats = self._once(f_id, "features", t_dir / "features",
-                           {"teacher": teacher.key, "batch_size": teacher_cfg.infer_batch_size},
-                           features, d_slug)
-        return teacher, feats, t_dir
+        feats = g.add(Stage(f_id, "features", t_dir / "features",
+                            {"teacher": teacher.key, "batch_size": teacher_cfg.infer_batch_size},
+                            features, reads=(ref.stage_id, t_id), scope=d_slug,
+                            resources=_TORCH))
+        return teacher, feats
 
-    def _once(self, stage_id: str, kind: str, folder: Path, inputs: dict, work,
-              scope: str) -> StageResult:
-        """A stage several run seeds read (a shared teacher, its features): run, or found done,
-        by the first; the others get its result (even under ``--force``: redone once)."""
-        done = self.runner.results.get(stage_id)
-        if done is not None and done.key == stage_key(kind, inputs):
-            return done
-        return self.runner.run(stage_id, kind, folder, inputs, work, scope=scope)
-
-    def _rl(self, ds, c: RunConfig, algo: str, folder: Path, stage_id: str, d_slug: str
-            ) -> StageResult:
+    def _rl(self, g: StageGraph, ref: DatasetRef, d_key: str, d_slug: str, c: RunConfig,
+            seed: int, algo: str) -> Stage:
         """Train one RL market maker (``cmm rl train``'s function) with the run's ladder and
         backtest settings; the checkpoint best on validation is kept."""
         from cmm.config import RLConfig, validate_model
@@ -492,56 +501,86 @@ class Pipeline:
                                         "backtest": c.backtest.model_dump()},
                              prefix=("rl_settings",))
 
-        def work(out: Path, on_progress) -> dict:
+        def work(out: Path, on_progress, reads) -> dict:
             from cmm.rl.train import train_agent
 
-            result = train_agent(ds, cfg, out)
+            result = train_agent(ref(reads), cfg, out)
             return {"training": result.meta.get("training"),
                     "latency": result.meta.get("latency")}
 
-        return self.runner.run(stage_id, "rl", folder, {"data": ds.cache_key,
-                                                        "rl": jsonable(cfg)}, work, scope=d_slug)
+        folder = self.layout.rl(d_slug, seed, algo)
+        return g.add(Stage(f"{self.layout.stage_id(folder.parent.parent)}/rl-{algo}", "rl",
+                           folder, {"data": d_key, "rl": jsonable(cfg)}, work,
+                           reads=(ref.stage_id,), scope=d_slug, resources=_TORCH))
 
     # --------------------------------------------------------------------------- backtests
-    def _backtest(self, ds, target, c: RunConfig, spec: PolicySpec, keys: dict, folder: Path,
-                  stage_id: str, d_slug: str, crash: tuple[str, StageResult] | None,
-                  latency_ns: int | None = None) -> StageResult:
-        """One replay of ``spec`` on ``target`` (``ds`` or its crashed copy); ``latency_ns``
-        replaces the policy's own charged latency (the price of latency)."""
-        chain = keys["control"] if spec.chain == "control" or spec.name == "teacher-random" \
-            else keys["main"]
-        upstream = chain["moe"] if spec.source == "mixture" else (
-            chain["teacher"] if spec.source == "teacher" else None)
+    def _backtest(self, g: StageGraph, ref: DatasetRef, d_key: str, d_slug: str, c: RunConfig,
+                  spec: PolicySpec, chains: dict, seed: int | None, crash: Stage | None = None,
+                  original: Stage | None = None, latency_of: Stage | None = None) -> Stage:
+        """One replay of ``spec`` on the test split (``crash``: on the crash stage's copy of
+        it, ``original`` the replay it repeats, whose latency it is charged); ``latency_of``:
+        the replay whose charged latency this one is charged instead of its own (the price of
+        latency); ``seed`` None: a seed-independent policy's one replay."""
+        chain = chains.get("control" if spec.chain == "control" or spec.name == "teacher-random"
+                           else "main", {})
+        if spec.source == "mixture":
+            upstream = chain["moe"]
+        elif spec.source == "teacher":
+            upstream = chain["teacher"]
+        else:
+            upstream = chains.get("rl", {}).get(spec.name)
         settings = dict(c.policy_settings.get(
             spec.name if spec.source == "registry" else
             ("teacher" if spec.source == "teacher" else "cmm"), {}))
-        if latency_ns is not None:
-            settings["latency_ns"] = int(latency_ns)
-        rl = keys.get("rl", {}).get(spec.name) if spec.source == "registry" else None
-        if rl is not None:
-            upstream = rl.key
-        inputs = {"data": target.cache_key if crash is None else crash[0],
-                  "policy": spec.to_json(), "settings": settings, "upstream": upstream,
+        if spec.latency == "zero" and crash is None:
+            settings["latency_ns"] = 0
+        inputs = {"data": d_key if crash is None else crash.key,
+                  "policy": spec.to_json(), "settings": settings,
+                  "upstream": upstream.key if upstream is not None else None,
                   "seed": run_seed(c), "ladder": jsonable(c.ladder),
                   "backtest": jsonable(c.backtest)}
         if not spec.seeded:  # one replay for every seed: the seed is no input of it
             del inputs["seed"]
-        if crash is not None:
-            inputs["original"] = crash[1].key
+        if latency_of is not None and crash is None:
+            inputs["latency_of"] = latency_of.key
+        if original is not None:
+            inputs["original"] = original.key
         if spec.slug == "cmm" and crash is None:
             inputs["saves"] = ["weights", "prediction"]  # the report's weights, CMM's metrics
-        if rl is not None:  # not part of the key: the RL stage's key is
-            settings = {**settings, "artefact": str(rl.folder)}
+        # the teacher's replay reads its features too (its predictions), which its key names
+        # through the teacher's
+        reads = [ref.stage_id, *(s.id for s in (crash, original, latency_of, upstream)
+                                 if s is not None)]
+        if spec.source == "teacher" and "features" in chain:
+            reads.append(chain["features"].id)
+        up_id = upstream.id if upstream is not None else None
+        source = spec.source
+        crash_id = crash.id if crash is not None else None
+        original_id = original.id if original is not None else None
+        latency_id = latency_of.id if latency_of is not None and crash is None else None
 
-        def work(out: Path, on_progress) -> dict:
-            latency = crash[1].info["latency_ns"] if crash is not None else None
-            policy, extra = _build_policy(spec, ds, target, c, chain, settings, latency)
+        def work(out: Path, on_progress, reads) -> dict:
+            ds = ref(reads)
+            target = ds if crash_id is None else open_prepared(reads[crash_id].folder /
+                                                               "prepared")
+            latency = reads[original_id].info["latency_ns"] if original_id else None
+            given = dict(settings)
+            if latency_id is not None:
+                given["latency_ns"] = int(reads[latency_id].info["latency_ns"])
+            found: dict = {}  # where the fitted policy is
+            if source == "registry" and up_id is not None:  # an RL agent
+                given["artefact"] = str(reads[up_id].folder)
+            elif source == "teacher":
+                found["teacher_dir"] = reads[up_id].folder
+            elif source == "mixture":
+                found.update(moe_dir=reads[up_id].folder, gates=reads[up_id].info["gates"])
+            policy, extra = _build_policy(spec, ds, target, c, found, given, latency)
             return _replay(policy, target, c, out, spec, extra)
 
-        # the teacher's backtest reads its features too, which its key does not name
-        reads = (chain["features"],) if spec.source == "teacher" and "features" in chain else ()
-        return self.runner.run(stage_id, "backtest", folder, inputs, work, scope=d_slug,
-                               after=reads)
+        folder = self.layout.replay(d_slug, spec.slug, seed if spec.seeded else None,
+                                    "backtest" if crash is None else "crash")
+        return g.add(Stage(self.layout.stage_id(folder), "backtest", folder, inputs, work,
+                           reads=tuple(dict.fromkeys(reads)), scope=d_slug))
 
     # ------------------------------------------------------------------------------ report
     def _report(self) -> None:
@@ -551,18 +590,98 @@ class Pipeline:
                                if k not in ("started", "stages", "command", "cwd", "machine")},
                   "report": jsonable(self.config.report),
                   "keys": {k: r.key for k, r in self.runner.results.items()}}
+        run_dir = self.run_dir
 
-        def work(folder: Path, on_progress) -> dict:
-            paths = build_report(self.run_dir, folder)
+        def work(folder: Path, on_progress, reads) -> dict:
+            paths = build_report(run_dir, folder)
             return {k: str(v) for k, v in paths.items()}
 
-        self.runner.run("report", "report", self.run_dir / "report", inputs, work)
+        report = Stage("report", "report", self.layout.report, inputs, work,
+                       reads=tuple(self.runner.results))
+        self.runner.run_stage(report)
         from cmm.report.render import markdown_for
 
         with atomic_path(self.run_dir / "report.html") as tmp:
-            tmp.write_bytes((self.run_dir / "report" / "report.html").read_bytes())
+            tmp.write_bytes((self.layout.report / "report.html").read_bytes())
         with atomic_path(self.run_dir / "report.md") as tmp:
             tmp.write_text(markdown_for(self.run_dir, "report"))
+
+
+# ------------------------------------------------------------------------------ executors
+
+_TORCH = {"num_cpus": 1, "gpu": True}  # may use a GPU where the teacher's device is one
+
+
+def run_in_process(graph: StageGraph, runner: StageRunner) -> None:
+    """The default executor: every stage in graph order in this process (each stage's reads
+    come before it), a stage's checks right after it."""
+    for stage in graph:
+        result = runner.run_stage(stage)
+        if stage.checks is not None:
+            stage.checks(result)
+
+
+# Prepared datasets opened in this process, by cache key: every stage of a dataset reads the
+# same arrays.
+_OPENED: dict = {}
+
+
+def open_prepared(folder: Path):
+    """The prepared-dataset folder ``folder``, opened once per process."""
+    from cmm.data.prepare import PreparedDataset
+
+    folder = Path(folder)
+    for ds in _OPENED.values():
+        if ds.folder == folder:
+            return ds
+    ds = PreparedDataset(folder)
+    _OPENED[ds.cache_key] = ds
+    return ds
+
+
+@dataclass(frozen=True)
+class DatasetRef:
+    """How a stage's work finds the prepared dataset of the data stage it reads: the folder
+    that stage recorded (``info["prepared"]``), else (a data stage marked before it recorded
+    its folder) the data layer's cache, by the dataset and its settings."""
+
+    stage_id: str
+    arg: str
+    config: Any  # DataConfig
+
+    def __call__(self, reads) -> Any:
+        return self.open(reads[self.stage_id])
+
+    def open(self, result: StageResult):
+        key = result.info.get("cache_key")
+        if key in _OPENED:
+            return _OPENED[key]
+        folder = result.info.get("prepared")
+        if folder and (Path(folder) / "meta.json").is_file():
+            ds = open_prepared(Path(folder))
+            if ds.cache_key == key:
+                return ds
+        from cmm.data.prepare import prepare_dataset
+
+        ds = prepare_dataset(self.arg, self.config, progress=False)
+        _OPENED[ds.cache_key] = ds
+        return ds
+
+
+def episode_plan(ds, c: RunConfig, source=None):
+    """The episodes of ``ds``'s test split under ``c``'s backtest settings (an InputError
+    located in the configuration file when the split is shorter than one episode)."""
+    from cmm.backtest.runner import make_plan
+
+    try:
+        return make_plan(ds.split_samples(SPLIT), SPLIT, ds.config.grid.dt_ms * 1_000_000,
+                         c.backtest)
+    except InputError as exc:
+        if source is None:
+            raise
+        from cmm.pipeline.checks import located
+
+        raise located(exc, source) from None
 
 
 # ---------------------------------------------------------------------------------- helpers

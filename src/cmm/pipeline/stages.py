@@ -46,13 +46,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from cmm.codeversion import code_version
-from cmm.io import RESUME_DIR, check_folder, folder_checksums, stable_hash, write_json
+from cmm.io import RESUME_DIR, check_folder, folder_checksums, write_json
+from cmm.pipeline.graph import SCHEMA_VERSION, ProgressFn, Stage
 
 MARKER = "stage.json"
-SCHEMA_VERSION = 1
 
-ProgressFn = Callable[[str, int, int], None]
 log = logging.getLogger("cmm.run")
 
 
@@ -76,13 +74,6 @@ def read_marker(folder: str | Path) -> dict | None:
         return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
         return None
-
-
-def stage_key(kind: str, inputs: dict) -> str:
-    """The stage's settings and inputs, and the code version of what it runs
-    (:func:`cmm.codeversion.code_version`: an edit of a module it imports gives a new key)."""
-    return stable_hash({"stage": kind, "schema": SCHEMA_VERSION, "inputs": inputs,
-                        "code": code_version(kind)})
 
 
 # ------------------------------------------------------------------------------ time estimates
@@ -181,9 +172,9 @@ class Display:
         try:
             if self.progress is None:
                 self.console.print(f"start   {stage_id}"
-                                   + (f" (estimate {_fmt_s(estimate)})" if estimate else ""))
+                                   + (f" (estimate {fmt_s(estimate)})" if estimate else ""))
                 yield lambda *a: None
-                self.console.print(f"done    {stage_id} in {_fmt_s(time.perf_counter() - start)}")
+                self.console.print(f"done    {stage_id} in {fmt_s(time.perf_counter() - start)}")
                 return
             tid = self.progress.add_task(stage_id, total=None, state="running", estimate=estimate)
 
@@ -196,17 +187,17 @@ class Display:
             except BaseException:
                 self.progress.remove_task(tid)
                 self.progress.console.print(f"[red]failed[/red]  {stage_id} after "
-                                            f"{_fmt_s(time.perf_counter() - start)}")
+                                            f"{fmt_s(time.perf_counter() - start)}")
                 raise
             # finished stages leave the live area (which stays two lines high) for one line above
             self.progress.remove_task(tid)
             self.progress.console.print(f"[green]done[/green]    {stage_id} in "
-                                        f"{_fmt_s(time.perf_counter() - start)}")
+                                        f"{fmt_s(time.perf_counter() - start)}")
         finally:
             self._current = None
 
 
-def _fmt_s(seconds: float | None) -> str:
+def fmt_s(seconds: float | None) -> str:
     if seconds is None:
         return "?"
     seconds = int(round(seconds))
@@ -227,14 +218,14 @@ def _left_column():
 
         def render(self, task) -> Text:
             if task.fields.get("total_line"):
-                return Text(f"~{_fmt_s(self.display.total_left())} left", style="bold cyan")
+                return Text(f"~{fmt_s(self.display.total_left())} left", style="bold cyan")
             if task.finished:
                 return Text("")
             if task.fields.get("own") and task.time_remaining is not None:
-                return Text(f"{_fmt_s(task.time_remaining)} left", style="cyan")
+                return Text(f"{fmt_s(task.time_remaining)} left", style="cyan")
             est = task.fields.get("estimate")
             if est:
-                return Text(f"~{_fmt_s(max(est - (task.elapsed or 0.0), 0.0))} left",
+                return Text(f"~{fmt_s(max(est - (task.elapsed or 0.0), 0.0))} left",
                             style="cyan")
             return Text("")
 
@@ -245,8 +236,11 @@ def _left_column():
 
 
 class StageRunner:
-    """Runs stages in order, skipping those whose folder is complete for the same key, intact,
-    and made after the stages it reads were (see the module docstring)."""
+    """Runs stages in the calling process, skipping those whose folder is complete for the same
+    key, intact, and made after the stages it reads were (see the module docstring). An
+    executor that runs stages elsewhere (:mod:`cmm.pipeline.executors`) asks it
+    :meth:`found_done` first, runs :func:`execute_stage` on a worker, and hands the result to
+    :meth:`finished`."""
 
     def __init__(self, display: Display, timings: Timings, force: tuple[str, ...] = ()) -> None:
         self.display = display
@@ -255,28 +249,13 @@ class StageRunner:
         self.results: dict[str, StageResult] = {}
         self._by_key: dict[str, tuple[str, StageResult]] = {}  # key or alias -> (id, result)
 
-    def is_current(self, folder: Path, kind: str, inputs: dict) -> bool:
-        marker = read_marker(folder)
-        return marker is not None and marker.get("key") == stage_key(kind, inputs)
+    def upstream(self, stage: Stage) -> dict[str, str | None]:
+        """The stamps of the stages ``stage`` reads, by their keys (``stage.json``'s
+        ``after``)."""
+        return {self.results[r].key: self.results[r].stamp for r in stage.reads}
 
-    def _upstream(self, inputs: dict, after: tuple[str, ...]) -> dict[str, str | None]:
-        """The stamps of the finished stages that ``inputs`` (or ``after``) name by key."""
-        found: dict[str, str | None] = {}
-
-        def walk(obj: Any) -> None:
-            if isinstance(obj, str):
-                if obj in self._by_key:
-                    found[obj] = self._by_key[obj][1].stamp
-            elif isinstance(obj, dict):
-                for v in obj.values():
-                    walk(v)
-            elif isinstance(obj, (list, tuple)):
-                for v in obj:
-                    walk(v)
-
-        walk(inputs)
-        walk(list(after))
-        return found
+    def reads(self, stage: Stage) -> dict[str, StageResult]:
+        return {r: self.results[r] for r in stage.reads}
 
     def _not_current(self, folder: Path, marker: dict, upstream: dict[str, str | None]
                      ) -> str | None:
@@ -290,63 +269,102 @@ class StageRunner:
             return f"{bad[0]}: {bad[1]}"
         return None
 
-    def run(self, stage_id: str, kind: str, folder: str | Path, inputs: dict,
-            work: Callable[[Path, ProgressFn], dict | None], scope: str = "",
-            estimate: float | None = None, after: tuple[str, ...] = (),
-            provides: tuple[str, ...] = ()) -> StageResult:
-        """Run ``work(folder, on_progress)`` unless ``folder`` is complete for ``inputs``;
-        ``work`` returns a small JSON-able dict kept in ``stage.json`` as ``info``. ``after``:
-        keys of other stages this one reads that its inputs do not name (not part of its
-        key); ``provides``: other keys by which later stages name this one's output."""
-        folder = Path(folder)
-        key = stage_key(kind, inputs)
+    def found_done(self, stage: Stage) -> StageResult | None:
+        """``stage``'s result when its folder is complete, current and intact (and it is not
+        forced), else None (the reason logged); every stage it reads must be finished."""
+        folder = Path(stage.folder)
         marker = read_marker(folder)
-        forced = any(fnmatch.fnmatch(stage_id, pat) for pat in self.force)
-        upstream = self._upstream(inputs, after)
-        if marker is not None and marker.get("key") == key and not forced:
-            why = self._not_current(folder, marker, upstream)
+        forced = any(fnmatch.fnmatch(stage.id, pat) for pat in self.force)
+        if marker is not None and marker.get("key") == stage.key and not forced:
+            why = self._not_current(folder, marker, self.upstream(stage))
             if why is None:
-                log.info("cached %s (key %s)", stage_id, key)
-                self.display.skipped(stage_id)
-                result = StageResult(key, folder, float(marker.get("seconds", 0.0)), True,
-                                     marker.get("info") or {}, marker.get("stamp"))
-                return self._done(stage_id, result, provides)
-            log.warning("redoing %s: %s", stage_id, why)
+                log.info("cached %s (key %s)", stage.id, stage.key)
+                return StageResult(stage.key, folder, float(marker.get("seconds", 0.0)), True,
+                                   marker.get("info") or {}, marker.get("stamp"))
+            log.warning("redoing %s: %s", stage.id, why)
             from rich.markup import escape
 
-            self.display.print(f"redo    {stage_id}: {escape(why)}")
+            self.display.print(f"redo    {stage.id}: {escape(why)}")
         elif marker is not None:
-            log.info("stale %s: key %s, want %s; redoing it", stage_id, marker.get("key"), key)
+            log.info("stale %s: key %s, want %s; redoing it", stage.id, marker.get("key"),
+                     stage.key)
         elif folder.exists():
-            log.info("incomplete %s (no %s); redoing it", stage_id, MARKER)
-        _clear_keeping_resume(folder)
-        est = estimate if estimate is not None else self.timings.estimate(kind, scope)
-        if marker is not None and marker.get("seconds"):
-            est = float(marker["seconds"])
-        log.info("start %s (key %s)", stage_id, key)
-        t0 = time.perf_counter()
-        stamp = uuid.uuid4().hex[:16]
-        with self.display.stage(stage_id, est) as on_progress:
-            info = work(folder, on_progress) or {}
-            seconds = time.perf_counter() - t0
-            _hold(stage_id)
-            write_json(folder / MARKER, {
-                "schema_version": SCHEMA_VERSION, "stage": stage_id, "kind": kind, "key": key,
-                "inputs": inputs, "info": info, "seconds": seconds,
-                "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                "stamp": stamp, "after": upstream,
-                "files": folder_checksums(folder, exclude=(MARKER,))})
-        log.info("done %s in %.1f s", stage_id, seconds)
-        self.timings.record(kind, scope, seconds)
-        return self._done(stage_id, StageResult(key, folder, seconds, False, info, stamp),
-                          provides)
+            log.info("incomplete %s (no %s); redoing it", stage.id, MARKER)
+        return None
 
-    def _done(self, stage_id: str, result: StageResult, provides: tuple[str, ...]
-              ) -> StageResult:
-        self.results[stage_id] = result
-        for k in (result.key, *provides):
-            self._by_key[k] = (stage_id, result)
+    def estimate(self, stage: Stage) -> float | None:
+        """Its last time in this folder, else the kind's last time here, else the prior."""
+        marker = read_marker(stage.folder)
+        if marker is not None and marker.get("seconds"):
+            return float(marker["seconds"])
+        return self.timings.estimate(stage.kind, stage.scope)
+
+    def run_stage(self, stage: Stage) -> StageResult:
+        """Run ``stage`` here unless it is found done; every stage it reads must be
+        finished."""
+        done = self.found_done(stage)
+        if done is not None:
+            self.display.skipped(stage.id)
+            return self.finished(stage, done)
+        with self.display.stage(stage.id, self.estimate(stage)) as on_progress:
+            result = execute_stage(stage, self.upstream(stage), self.reads(stage), on_progress)
+        return self.finished(stage, result)
+
+    def finished(self, stage: Stage, result: StageResult) -> StageResult:
+        """Record a stage's result (run here, elsewhere, or found done)."""
+        if not result.cached:
+            self.timings.record(stage.kind, stage.scope, result.seconds)
+        self.results[stage.id] = result
+        for k in (result.key, *stage.aliases):
+            self._by_key[k] = (stage.id, result)
         return result
+
+    def run(self, stage_id: str, kind: str, folder: str | Path, inputs: dict,
+            work: Callable[[Path, ProgressFn], dict | None], scope: str = "",
+            after: tuple[str, ...] = (), provides: tuple[str, ...] = ()) -> StageResult:
+        """One stage without a graph: ``work(folder, on_progress)``; the stages it reads are
+        the finished ones whose keys its ``inputs`` (or ``after``) name."""
+        reads: list[str] = []
+
+        def walk(obj: Any) -> None:
+            if isinstance(obj, str):
+                if obj in self._by_key and self._by_key[obj][0] not in reads:
+                    reads.append(self._by_key[obj][0])
+            elif isinstance(obj, dict):
+                for v in obj.values():
+                    walk(v)
+            elif isinstance(obj, (list, tuple)):
+                for v in obj:
+                    walk(v)
+
+        walk(inputs)
+        walk(list(after))
+        return self.run_stage(Stage(stage_id, kind, Path(folder), inputs,
+                                    lambda f, p, r: work(f, p), tuple(reads), scope,
+                                    aliases=provides))
+
+
+def execute_stage(stage: Stage, upstream: dict[str, str | None],
+                  reads: dict[str, StageResult], on_progress: ProgressFn) -> StageResult:
+    """Run one stage's work from a clean folder and mark it complete (``stage.json``, written
+    last and atomically): the part of a stage that runs on a worker. ``upstream``: the stamps
+    of the stages it reads, by key; ``reads``: their results, by id."""
+    folder = Path(stage.folder)
+    _clear_keeping_resume(folder)
+    log.info("start %s (key %s)", stage.id, stage.key)
+    t0 = time.perf_counter()
+    stamp = uuid.uuid4().hex[:16]
+    info = stage.work(folder, on_progress, reads) or {}
+    seconds = time.perf_counter() - t0
+    _hold(stage.id)
+    write_json(folder / MARKER, {
+        "schema_version": SCHEMA_VERSION, "stage": stage.id, "kind": stage.kind,
+        "key": stage.key, "inputs": stage.inputs, "info": info, "seconds": seconds,
+        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "stamp": stamp, "after": upstream,
+        "files": folder_checksums(folder, exclude=(MARKER,))})
+    log.info("done %s in %.1f s", stage.id, seconds)
+    return StageResult(stage.key, folder, seconds, False, info, stamp)
 
 
 def _clear_keeping_resume(folder: Path) -> None:

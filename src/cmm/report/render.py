@@ -19,7 +19,8 @@ import polars as pl
 
 from cmm.io import atomic_path, read_parquet, reading, write_json
 from cmm.report import figures as FIG
-from cmm.report.tables import TASKS, backtest_dir, build_tables, flip, missing_cells, run_layout
+from cmm.pipeline.layout import TEACHER_NAMES, RunLayout, teacher_seed, teacher_seed_list
+from cmm.report.tables import TASKS, build_tables, flip, missing_cells
 from cmm.vocabulary import SPLITS
 
 
@@ -466,7 +467,7 @@ def _overview_blocks(run_dir: Path, manifest: dict, tables: dict) -> list[Block]
                 B.append(Block("h3", title))
                 B.append(Block("table", f"{caption}; {MARKS}", headers, rows))
     probe_rows = [[d["dataset"]] + row for d in ds
-                  for row, _ in _probe_rows(run_dir, manifest["seeds"], d)]
+                  for row, _ in _probe_rows(run_dir, manifest, d)]
     if probe_rows:
         B.append(Block("h3", "Fluorescent probe"))
         B.append(Block("table", "task → layer group of the teacher per market and seed; the "
@@ -846,11 +847,12 @@ def _summary(t: dict) -> str:
     return "; ".join(parts) + "." if parts else ""
 
 
-def _probe_rows(run_dir: Path, seeds: list[int], d: dict) -> list[tuple[list[str], Path]]:
+def _probe_rows(run_dir: Path, manifest: dict, d: dict) -> list[tuple[list[str], Path]]:
     """Per seed with a probe: [seed, assignment, whether the paper's pattern holds], folder."""
+    layout = RunLayout.of_manifest(run_dir, manifest)
     out = []
-    for seed in seeds:
-        p = run_dir / d["slug"] / f"seed{seed}" / "probe"
+    for seed in manifest["seeds"]:
+        p = layout.probe(d["slug"], seed)
         if not (p / "probe.json").is_file():
             continue
         probe = json.loads((p / "probe.json").read_text())
@@ -875,7 +877,7 @@ def assignment_cell(result: dict) -> str:
 
 def _probe_blocks(run_dir: Path, manifest: dict, d: dict, fig_dir: Path) -> list[Block]:
     B = []
-    found = _probe_rows(run_dir, manifest["seeds"], d)
+    found = _probe_rows(run_dir, manifest, d)
     rows = [row for row, _ in found]
     first = found[0][1] if found else None
     if rows:
@@ -893,10 +895,10 @@ def _probe_blocks(run_dir: Path, manifest: dict, d: dict, fig_dir: Path) -> list
 # ----------------------------------------------------------------- teacher learning curves
 
 RANDOM_TEACHER = "teacher LLM (random-init backbone)"
-# (folder under a seed folder, label); the random-init teacher is teacher-random or, when CMM
-# is distilled from it too, control/teacher
-TEACHER_FITS = (("teacher", "teacher LLM"), ("teacher-random", RANDOM_TEACHER),
-                ("control/teacher", RANDOM_TEACHER))
+# (the teacher's name in the layout, the report's label); the random-init teacher is
+# teacher-random or, when CMM is distilled from it too, control/teacher
+TEACHER_FITS = tuple(zip(TEACHER_NAMES, ("teacher LLM", RANDOM_TEACHER, RANDOM_TEACHER),
+                         strict=True))
 STOPS = {"early_stopping": "early stopping (validation loss no longer improving)",
          "epochs": "the end of its planned epochs", "max_steps": "its step limit (max_steps)"}
 
@@ -939,23 +941,22 @@ def teacher_fit_groups(run_dir: Path, d_slug: str, manifest: dict
     """The dataset's teachers, located by :mod:`cmm.pipeline.layout` (one folder per run seed,
     or one per shared teacher seed with ``teacher.seeds``), in run-seed order: (the folder's
     name in words, {label: fit}) for the teachers found in it with a recorded fit."""
-    from cmm.pipeline.layout import teacher_folder, teacher_seed, teacher_seed_list
-
-    layout = run_layout(manifest)
-    shared = teacher_seed_list(layout) is not None
+    layout = RunLayout.of_manifest(run_dir, manifest)
+    shared = teacher_seed_list(layout.config) is not None
     out, seen = [], set()
     for seed in manifest["seeds"]:
-        parent = teacher_folder(run_dir, d_slug, seed, layout).parent
-        if parent in seen:
+        llm = layout.teacher(d_slug, seed)  # the folder of the LLM names the group
+        if llm in seen:
             continue
-        seen.add(parent)
+        seen.add(llm)
         fits: dict[str, dict] = {}
         for name, label in TEACHER_FITS:
-            fit = None if label in fits else _fit_of(parent / name)
+            fit = None if label in fits else _fit_of(layout.teacher(d_slug, seed, name))
             if fit:
                 fits[label] = fit
         if fits:
-            who = f"teacher seed {teacher_seed(layout, seed)}" if shared else f"seed {seed}"
+            who = (f"teacher seed {teacher_seed(layout.config, seed)}" if shared
+                   else f"seed {seed}")
             out.append((who, fits))
     return out
 
@@ -1018,12 +1019,12 @@ def _figure_blocks(run_dir: Path, manifest: dict, d: dict, t: dict, fig_dir: Pat
     B = [Block("h3", "Figures")]
     slug = d["slug"]
     seed = manifest["seeds"][0]
-    base = run_dir / slug / f"seed{seed}"
+    layout = RunLayout.of_manifest(run_dir, manifest)
     unit = "base" if d["instrument"].get("inverse") else "quote"
     want = rep.get("curve_policies") or manifest["tables"]["main"]
     curves = {}
     for p in manifest["policies"]:
-        folder = backtest_dir(run_dir, slug, p, seed)
+        folder = layout.policy_replay(slug, p, seed)
         if p["slug"] in want and (folder / "stage.json").is_file():
             curves[p["label"]] = (read_parquet(folder / "records.parquet"),
                                   pl.read_csv(folder / "episodes.csv"))
@@ -1038,7 +1039,7 @@ def _figure_blocks(run_dir: Path, manifest: dict, d: dict, t: dict, fig_dir: Pat
     else:
         vol = eps["volatility"]
         sample = max(eps["volatile"], key=lambda e: vol[e])
-    cmm = base / "backtest" / "cmm"
+    cmm = layout.replay(slug, "cmm", seed)
     if (cmm / "stage.json").is_file():
         B.append(Block("img", f"CMM quotes over the mid, test episode {sample}", path=
                        FIG.quotes_over_mid(read_parquet(cmm / "records.parquet"),
@@ -1049,7 +1050,7 @@ def _figure_blocks(run_dir: Path, manifest: dict, d: dict, t: dict, fig_dir: Pat
                                                "sample_episode") != "first" else
                                            f"{d['dataset']}: CMM quotes, test episode {sample}",
                                            rep["dpi"])))
-    crash_cmm = base / "crash" / "cmm"
+    crash_cmm = layout.replay(slug, "cmm", seed, "crash")
     if d.get("crash") and (crash_cmm / "stage.json").is_file():
         c = d["crash"]["crashes"][sample] if sample < len(d["crash"]["crashes"]) else \
             d["crash"]["crashes"][0]
@@ -1138,9 +1139,11 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None) -> dict
     """Write ``report.md``, ``report.html``, ``tables.json`` and ``figures/`` of the run in
     ``run_dir`` (from its ``manifest.json``) to ``out_dir`` (default ``<run>/report``)."""
     run_dir = Path(run_dir)
-    out_dir = Path(out_dir) if out_dir is not None else run_dir / "report"
-    with reading(run_dir / "manifest.json"):
-        manifest = json.loads((run_dir / "manifest.json").read_text())
+    where = RunLayout(run_dir, None).manifest  # only the teachers' folders need the config
+    with reading(where):
+        manifest = json.loads(where.read_text())
+    out_dir = Path(out_dir) if out_dir is not None else RunLayout.of_manifest(
+        run_dir, manifest).report
     tables = build_tables(run_dir, manifest)
     fig_dir = out_dir / "figures"
     fig_dir.mkdir(parents=True, exist_ok=True)
@@ -1157,5 +1160,5 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None) -> dict
 
 def markdown_for(run_dir: Path, rel: str) -> str:
     """The report's Markdown with its figure links relative to another folder."""
-    text = (run_dir / "report" / "report.md").read_text()
+    text = (RunLayout(run_dir, None).report / "report.md").read_text()
     return text.replace("](figures/", f"]({rel}/figures/")

@@ -27,10 +27,10 @@ import numpy as np
 import polars as pl
 
 from cmm.io import reading
-from cmm.pipeline.layout import teacher_folder, teacher_folders
+from cmm.metrics import pnl_map, rpt, sharpe
+from cmm.pipeline.layout import TEACHER_NAMES, RunLayout, teacher_seed_list
 from cmm.vocabulary import TASKS  # report/render.py imports it from here
 
-SHARED = "seed-independent"  # <dataset>/seed-independent/: backtests done once per dataset
 PREDICTION_COLUMNS = (*(f"r2_{t}" for t in TASKS), "direction3_acc", "direction3_f1")
 
 
@@ -105,11 +105,9 @@ class PolicyResult:
                                                                                "fills"))
             if len(pnl) == 0:
                 continue
-            m = map_.mean()
-            ratios["PnLMAP"].append(pnl.mean() / m if m > 0 else math.nan)
-            ratios["RPT"].append(pnl.sum() / fills.sum() if fills.sum() > 0 else math.nan)
-            sd = pnl.std(ddof=1) if len(pnl) > 1 else math.nan
-            ratios["Sharpe"].append(pnl.mean() / sd if sd and sd > 0 else math.nan)
+            ratios["PnLMAP"].append(pnl_map(pnl, map_))  # cmm.metrics: NaN unless den > 0
+            ratios["RPT"].append(rpt(pnl, fills))
+            ratios["Sharpe"].append(sharpe(pnl))
         for k, v in ratios.items():
             out[k] = _stat(v)
         out["latency_ms"] = _stat(self.latency_ms)
@@ -130,25 +128,17 @@ def _read_backtest(folder: Path) -> tuple[pl.DataFrame, dict] | None:
         return pl.read_csv(folder / "episodes.csv"), meta
 
 
-def backtest_dir(run_dir: Path, d_slug: str, policy: dict, seed: int,
-                 scenario: str = "backtest") -> Path:
-    """Where a policy's backtest of one seed is (one folder for every seed when the policy's
-    fit does not use the seed)."""
-    if policy.get("seeded", True):
-        return run_dir / d_slug / f"seed{seed}" / scenario / policy["slug"]
-    return run_dir / d_slug / SHARED / scenario / policy["slug"]
-
-
 def load_results(run_dir: Path, manifest: dict, dataset: dict, scenario: str = "backtest"
                  ) -> dict[str, PolicyResult]:
     """Per policy slug, its backtests over the seeds (``scenario``: ``backtest`` or
     ``crash``)."""
+    layout = RunLayout.of_manifest(run_dir, manifest)
     out: dict[str, PolicyResult] = {}
     for p in manifest["policies"]:
         shared = not p.get("seeded", True)
         res = PolicyResult(p["slug"], p["label"], shared=shared)
         for seed in manifest["seeds"][:1] if shared else manifest["seeds"]:
-            got = _read_backtest(backtest_dir(run_dir, dataset["slug"], p, seed, scenario))
+            got = _read_backtest(layout.policy_replay(dataset["slug"], p, seed, scenario))
             if got is None:
                 continue
             frame, meta = got
@@ -224,22 +214,16 @@ def skipped_decisions(folder: Path) -> tuple[int, int]:
     return int((acted == 0).sum()), int(len(acted))
 
 
-def run_layout(manifest: dict) -> dict:
-    """What :mod:`cmm.pipeline.layout` reads of a run: its seeds and teacher settings (a
-    manifest from before ``teacher.seeds``: one teacher per seed, in the seed's folder)."""
-    return {"seeds": manifest["seeds"],
-            "teacher": (manifest.get("config") or {}).get("teacher") or {}}
-
-
 def prediction_metrics(run_dir: Path, manifest: dict, dataset: dict) -> dict[str, dict]:
     """Test-split R^2 and MSE per task, mean over seeds, of every mixture row of the mixture
     stage (``"<variant> (<gate>)"`` or ``"<variant>"``), and of each teacher, mean over its
     fits (a teacher shared by run seeds, ``teacher.seeds``, counts once)."""
+    layout, slug = RunLayout.of_manifest(run_dir, manifest), dataset["slug"]
     rows: dict[str, dict[str, list]] = {}
     for seed in manifest["seeds"]:
-        base = run_dir / dataset["slug"] / f"seed{seed}"
-        for prefix, ev in (("", base / "moe" / "evaluation.json"),
-                           ("control: ", base / "control" / "moe" / "evaluation.json")):
+        for prefix, ev in (("", layout.moe(slug, seed) / "evaluation.json"),
+                           ("control: ", layout.moe(slug, seed, control=True)
+                            / "evaluation.json")):
             if not ev.is_file():
                 continue
             for r in _json(ev)["rows"]:
@@ -252,9 +236,11 @@ def prediction_metrics(run_dir: Path, manifest: dict, dataset: dict) -> dict[str
                     m = r["metrics"].get(t) or {}
                     rows.setdefault(name, {}).setdefault(f"r2_{t}", []).append(m.get("r2"))
                     rows[name].setdefault(f"mse_{t}", []).append(m.get("mse"))
-    for name, t_name in (("teacher", "teacher"), ("teacher-random", "teacher-random"),
-                         ("teacher-random", "control/teacher")):
-        for folder in teacher_folders(run_dir, dataset["slug"], run_layout(manifest), t_name):
+    # the teachers' rows: the LLM, and the random-init control (teacher-random or, when CMM
+    # is distilled from it too, control/teacher)
+    for name, t_name in zip(("teacher", "teacher-random", "teacher-random"), TEACHER_NAMES,
+                            strict=True):
+        for folder in layout.teachers(slug, t_name):
             path = folder / "metrics.json"
             if path.is_file():
                 test = _json(path)["models"]["teacher"]["test"]
@@ -287,7 +273,7 @@ def prediction_table(run_dir: Path, manifest: dict, dataset: dict, gates: dict,
     policies = {p["slug"]: p for p in manifest["policies"]}
     vals: dict[str, dict[str, list]] = {}
     windows: dict[str, list] = {}
-    layout, slug, seen = run_layout(manifest), dataset["slug"], set()
+    layout, slug, seen = RunLayout.of_manifest(run_dir, manifest), dataset["slug"], set()
 
     def first_time(folder: Path) -> bool:
         new = folder not in seen
@@ -305,12 +291,10 @@ def prediction_table(run_dir: Path, manifest: dict, dataset: dict, gates: dict,
             row.setdefault(k, []).append(mid.get(k))
 
     for seed in manifest["seeds"]:
-        base = run_dir / slug / f"seed{seed}"
-        t_dir = teacher_folder(run_dir, slug, seed, layout)
+        t_dir = layout.teacher(slug, seed)
         teacher = t_dir / "metrics.json"
         models = _json(teacher)["models"] if first_time(t_dir) and teacher.is_file() else {}
-        for folder in (teacher_folder(run_dir, slug, seed, layout, "teacher-random"),
-                       teacher_folder(run_dir, slug, seed, layout, "control/teacher")):
+        for folder in (layout.teacher(slug, seed, name) for name in TEACHER_NAMES[1:]):
             if (folder / "metrics.json").is_file():
                 rnd = _json(folder / "metrics.json")["models"]
                 if first_time(folder) and "teacher" in rnd and "test" in rnd["teacher"]:
@@ -321,7 +305,7 @@ def prediction_table(run_dir: Path, manifest: dict, dataset: dict, gates: dict,
             if src == "teacher" and name in models and "test" in models[name]:
                 add(key, models[name]["test"])
         if "cmm" in policies:
-            got = base / "backtest" / "cmm" / "prediction.json"
+            got = layout.replay(slug, "cmm", seed) / "prediction.json"
             if got.is_file():
                 data = _json(got)
                 add("cmm", data["metrics"])
@@ -356,7 +340,7 @@ def teacher_seeds_note(manifest: dict, dataset: dict) -> str | None:
     teacher per market (seed 0), distilled by student seeds 0, 1 and 2." None when each run seed
     fitted its own teacher (or the run is older than ``teacher_seeds``)."""
     used = manifest.get("teacher_seeds")
-    if not used or run_layout(manifest)["teacher"].get("seeds") is None:
+    if not used or teacher_seed_list(manifest.get("config") or {}) is None:
         return None
     by_teacher: dict[int, list[str]] = {}
     for seed in manifest["seeds"]:
@@ -392,13 +376,14 @@ def build_tables(run_dir: Path, manifest: dict) -> dict:
     out: dict = {}
     policies = {p["slug"]: p for p in manifest["policies"]}
     block = int((manifest.get("config", {}).get("report") or {}).get("bootstrap_block", 1))
+    layout = RunLayout.of_manifest(run_dir, manifest)
     for d in manifest["datasets"]:
         res = load_results(run_dir, manifest, d)
         crash = load_results(run_dir, manifest, d, "crash")
         pred = prediction_metrics(run_dir, manifest, d)
         gates = {}
         for seed in manifest["seeds"]:
-            ev = run_dir / d["slug"] / f"seed{seed}" / "moe" / "evaluation.json"
+            ev = layout.moe(d["slug"], seed) / "evaluation.json"
             if ev.is_file():
                 gates = {k: v["gates"] for k, v in _json(ev)["mixtures"].items()}
                 break
@@ -504,12 +489,13 @@ def _latency_price(run_dir: Path, manifest: dict, d: dict, res: dict[str, Policy
     slugs = [s for s in manifest["tables"].get("latency_price", []) if s in res]
     if len(slugs) < 2:
         return {}
+    layout = RunLayout.of_manifest(run_dir, manifest)
     rows = []
     for s in slugs:
         m = res[s].metrics()
         busy = total = 0
         for seed in manifest["seeds"][:1] if res[s].shared else res[s].seeds:
-            folder = backtest_dir(run_dir, d["slug"], policies[s], seed)
+            folder = layout.policy_replay(d["slug"], policies[s], seed)
             if (folder / "records.parquet").is_file():
                 b, n = skipped_decisions(folder)
                 busy, total = busy + b, total + n
@@ -531,12 +517,13 @@ def _latency_price(run_dir: Path, manifest: dict, d: dict, res: dict[str, Policy
 def _rl_sim_gap(run_dir: Path, manifest: dict, d: dict, policies: dict) -> list[dict]:
     """Per RL policy and seed, its ``rl/<algo>/sim_gap.json`` (the same episodes replayed in
     the training simulator and in hftbacktest), where the RL stage wrote one."""
+    layout = RunLayout.of_manifest(run_dir, manifest)
     out = []
     for slug, p in policies.items():
         if p["source"] != "registry" or slug not in (manifest["config"].get("rl") or ()):
             continue
         for seed in manifest["seeds"]:
-            path = run_dir / d["slug"] / f"seed{seed}" / "rl" / p["name"] / "sim_gap.json"
+            path = layout.rl(d["slug"], seed, p["name"]) / "sim_gap.json"
             if not path.is_file():
                 continue
             g = _json(path)
