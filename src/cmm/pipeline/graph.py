@@ -66,15 +66,16 @@ def stage_key(kind: str, inputs: dict) -> str:
                         "code": code_version(kind)})
 
 
-def _strings(obj: Any) -> Iterator[str]:
+def strings_in(obj: Any) -> Iterator[str]:
+    """Every string in a JSON-like object (where a stage's inputs name other stages' keys)."""
     if isinstance(obj, str):
         yield obj
     elif isinstance(obj, dict):
         for v in obj.values():
-            yield from _strings(v)
+            yield from strings_in(v)
     elif isinstance(obj, (list, tuple)):
         for v in obj:
-            yield from _strings(v)
+            yield from strings_in(v)
 
 
 class StageGraph:
@@ -109,7 +110,7 @@ class StageGraph:
             if r not in self.stages:
                 raise RuntimeError(f"internal: stage {stage.id} reads {r}, which is not "
                                    f"declared before it")
-        named = {self._owner[s] for s in _strings(stage.inputs) if s in self._owner}
+        named = {self._owner[s] for s in strings_in(stage.inputs) if s in self._owner}
         missing = named - set(stage.reads)
         if missing:
             raise RuntimeError(f"internal: stage {stage.id}'s inputs name the keys of "

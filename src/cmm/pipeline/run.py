@@ -197,7 +197,8 @@ class Pipeline:
 
         self.check()
         graph = self.graph()
-        timings = Timings(default_cache_dir() / "timings.json")
+        runner = StageRunner(Display(enabled=False),
+                             Timings(default_cache_dir() / "timings.json"))
         seconds: dict[str, float] = {}
         done = 0
         by_kind: dict[str, dict] = {}
@@ -205,8 +206,7 @@ class Pipeline:
             marker = read_marker(s.folder)
             if marker is not None and marker.get("key") == s.key:
                 done += 1
-            est = float(marker["seconds"]) if marker and marker.get("seconds") else \
-                timings.estimate(s.kind, s.scope) or 0.0
+            est = runner.estimate(s) or 0.0  # the estimate the run's display would show
             seconds[s.id] = est
             k = by_kind.setdefault(s.kind, {"stages": 0, "seconds": 0.0})
             k["stages"] += 1

@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from cmm.io import RESUME_DIR, check_folder, folder_checksums, write_json
-from cmm.pipeline.graph import SCHEMA_VERSION, ProgressFn, Stage
+from cmm.pipeline.graph import SCHEMA_VERSION, ProgressFn, Stage, strings_in
 
 MARKER = "stage.json"
 
@@ -324,21 +324,8 @@ class StageRunner:
             after: tuple[str, ...] = (), provides: tuple[str, ...] = ()) -> StageResult:
         """One stage without a graph: ``work(folder, on_progress)``; the stages it reads are
         the finished ones whose keys its ``inputs`` (or ``after``) name."""
-        reads: list[str] = []
-
-        def walk(obj: Any) -> None:
-            if isinstance(obj, str):
-                if obj in self._by_key and self._by_key[obj][0] not in reads:
-                    reads.append(self._by_key[obj][0])
-            elif isinstance(obj, dict):
-                for v in obj.values():
-                    walk(v)
-            elif isinstance(obj, (list, tuple)):
-                for v in obj:
-                    walk(v)
-
-        walk(inputs)
-        walk(list(after))
+        named = [*strings_in(inputs), *after]
+        reads = dict.fromkeys(self._by_key[k][0] for k in named if k in self._by_key)
         return self.run_stage(Stage(stage_id, kind, Path(folder), inputs,
                                     lambda f, p, r: work(f, p), tuple(reads), scope,
                                     aliases=provides))
