@@ -63,7 +63,7 @@ def test_critical_path_known_answer(tmp_path):
 
 
 def test_in_process_executor_runs_in_order_then_skips(tmp_path):
-    from cmm.pipeline.run import run_in_process
+    from cmm.pipeline.executors import run_in_process
 
     log: list = []
     runner = StageRunner(Display(enabled=False), Timings(None))
@@ -82,7 +82,7 @@ def test_in_process_executor_runs_in_order_then_skips(tmp_path):
 
 
 def test_checks_run_after_their_stage_and_stop_the_run(tmp_path):
-    from cmm.pipeline.run import run_in_process
+    from cmm.pipeline.executors import run_in_process
 
     log: list = []
     g = StageGraph()

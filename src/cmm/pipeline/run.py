@@ -44,6 +44,7 @@ from cmm.config import RunConfig
 from cmm.errors import InputError
 from cmm.io import atomic_path, default_cache_dir, write_json
 from cmm.io import file_lock, reading, remove_stale_temporaries
+from cmm.pipeline.executors import Executor, run_in_process
 from cmm.pipeline.graph import Stage, StageGraph
 from cmm.pipeline.layout import RunLayout, teacher_seed, teacher_seeds
 from cmm.pipeline.policies import PolicySpec, policy_specs
@@ -118,7 +119,8 @@ class Pipeline:
     def __init__(self, config: RunConfig, root: str | Path = "runs", *,
                  base_dir: str | Path | None = None, command: str | None = None,
                  progress: bool = True, force: tuple[str, ...] = (),
-                 config_file: str | Path | None = None) -> None:
+                 config_file: str | Path | None = None,
+                 executor: Executor = run_in_process) -> None:
         from cmm.pipeline.checks import Source
 
         self.config = config
@@ -129,6 +131,7 @@ class Pipeline:
         self.command = command or " ".join(["cmm", *sys.argv[1:]])
         self.progress = progress
         self.force = force
+        self.executor = executor  # runs the graph's stages (cmm.pipeline.executors)
         self.manifest: dict = {}
 
     # -------------------------------------------------------------------------------- run
@@ -174,7 +177,7 @@ class Pipeline:
                                           self.force)
                 display.plan({**{s.id: self.runner.estimate(s) for s in graph},
                               "report": self.runner.timings.estimate("report", "")})
-                run_in_process(graph, self.runner)
+                self.executor(graph, self.runner)
                 self.manifest["datasets"] = [self._manifest_entry(e, self.runner.results)
                                              for e in self._entries]
                 self.manifest["stages"] = [{"stage": k, "seconds": r.seconds,
@@ -607,18 +610,7 @@ class Pipeline:
             tmp.write_text(markdown_for(self.run_dir, "report"))
 
 
-# ------------------------------------------------------------------------------ executors
-
 _TORCH = {"num_cpus": 1, "gpu": True}  # may use a GPU where the teacher's device is one
-
-
-def run_in_process(graph: StageGraph, runner: StageRunner) -> None:
-    """The default executor: every stage in graph order in this process (each stage's reads
-    come before it), a stage's checks right after it."""
-    for stage in graph:
-        result = runner.run_stage(stage)
-        if stage.checks is not None:
-            stage.checks(result)
 
 
 # Prepared datasets opened in this process, by cache key: every stage of a dataset reads the
