@@ -37,6 +37,7 @@ from cmm.data.events import (
     EVENT_TYPE_MASK,
     LOCAL_EVENT,
     TRADE_EVENT,
+    ReadReport,
     finalize_events,
 )
 from cmm.data.grid import build_snapshots
@@ -232,34 +233,16 @@ def build_session(events: np.ndarray, inst, config: DataConfig,
 
 def _build(spec: DatasetSpec, config: DataConfig, key: str, files: list[dict], out: Path,
            progress: bool) -> None:
+    """Read ``files``, grid each session and write the dataset's artefacts into ``out``."""
     grid, fcfg = config.grid, config.features
     inst = spec.instrument
-    reader = get_reader(spec.format)
-    reads = []
-    with _progress() as bar:
-        task = bar.add_task(f"reading {spec.name}", total=len(files), visible=progress)
-        for f in files:
-            events, report = reader(Path(f["path"]), inst, spec.reader_options)
-            reads.append((Path(f["path"]), events, report))
-            bar.advance(task)
-
+    reads = _read_files(spec, files, progress)
     W, H, L = fcfg.window, fcfg.horizon, grid.levels
     step_tables, feature_tables, sample_parts, sessions, repairs = [], [], [], [], []
     global_offset = 0
     for sid, members in enumerate(_join_sessions(reads, int(config.reader.join_gap_s * 1e9))):
-        raw = np.concatenate([reads[i][1] for i in members])
-        for i in members:  # a full day's raw arrays are hundreds of MB: keep only the reports
-            reads[i] = (reads[i][0], None, reads[i][2])
-        kind = raw["ev"] & EVENT_TYPE_MASK
-        if not ((kind == DEPTH_EVENT) | (kind == DEPTH_SNAPSHOT_EVENT)).any():
-            only = "only trades" if (kind == TRADE_EVENT).any() else "no book or trade events"
-            raise InputError(f"no depth events: the capture holds {only}; a dataset needs the "
-                             "order book (depth diffs or snapshots)",
-                             file=", ".join(str(reads[i][0]) for i in members))
-        del kind
-        events = finalize_events(raw, config.reader.base_latency_ns)
-        del raw
-        np.savez(out / f"events_{sid}.npz", data=events)
+        events = _session_events(reads, members, config.reader.base_latency_ns)
+        np.savez(out / events_file(sid), data=events)
         why: dict = {}
         arrays = build_session(events, inst, config, why)
         del events
@@ -267,60 +250,134 @@ def _build(spec: DatasetSpec, config: DataConfig, key: str, files: list[dict], o
             repairs.append({"session": sid, "skipped": "no step with a full, uncrossed book",
                             **why})
             continue
-        n, ts, valid = arrays.n_steps, arrays.ts_ns, arrays.valid
-        table = {"session": np.full(n, sid, np.int32), "step": np.arange(n, dtype=np.int32),
-                 "ts_ns": ts, "valid": valid}
-        for side in ("bid", "ask"):
-            for lv in range(L):
-                table[f"{side}_px_{lv}"] = arrays.book[f"{side}_px"][:, lv]
-                table[f"{side}_sz_{lv}"] = arrays.book[f"{side}_sz"][:, lv]
-        table.update(buy_vol=arrays.book["buy_vol"], sell_vol=arrays.book["sell_vol"],
-                     trade_count=arrays.book["trade_count"], mid=arrays.mid,
-                     spread_ticks=arrays.spread, sigma=arrays.sigma)
-        step_tables.append(pl.DataFrame(table))
+        n, ts = arrays.n_steps, arrays.ts_ns
+        step_tables.append(pl.DataFrame({
+            "session": np.full(n, sid, np.int32), "step": np.arange(n, dtype=np.int32),
+            "ts_ns": ts, "valid": arrays.valid, **step_columns(arrays, L)}))
         feature_tables.append(pl.DataFrame(arrays.features.astype(np.float32), schema=F.feature_names(L)))
-
-        t, y = arrays.sample_steps, arrays.targets
-        sample_parts.append(pl.DataFrame({
-            "session": np.full(len(t), sid, np.int32), "step": t.astype(np.int32),
-            "global_step": (t + global_offset).astype(np.int64), "ts_ns": ts[t],
-            "sigma": arrays.sigma[t], "y_mid": y[:, 0], "y_spread": y[:, 1], "y_volume": y[:, 2],
-            "mid": arrays.mid[t],
-        }))
+        sample_parts.append(_sample_table(sid, arrays, global_offset))
         global_offset += n
         sessions.append({"id": sid, "files": [str(reads[i][0]) for i in members],
                          "start_ns": int(ts[0]), "end_ns": int(ts[-1]), "n_steps": n})
         repairs.append({"session": sid, **arrays.repairs})
 
+    _check_windows(spec.name, sessions, repairs, sample_parts, config)
+    purge = config.splits.purge if config.splits.purge is not None else H + W
+    samples, train, thresholds = _split_and_label(spec.name, pl.concat(sample_parts), config,
+                                                  purge)
+    steps_df = pl.concat(step_tables)
+    feats_df = pl.concat(feature_tables)
+    mean, std = _scaler(steps_df, feats_df, train)
+    counts = {s: int((samples["split"] == s).sum()) for s in SPLITS}
+    write_tables(out, steps_df, feats_df, samples, {
+        "schema_version": SCHEMA_VERSION, "key": key, "name": spec.name,
+        "spec": spec.model_dump(exclude={"base_dir"}), "config": config.model_dump(),
+        "files": files, "sessions": sessions, "reports": [r[2].to_dict() for r in reads],
+        "repairs": repairs, "purge_steps": purge, "split_counts": counts,
+        "regime_thresholds": list(thresholds),
+        "regime_counts": {s: np.bincount(samples.filter(pl.col("split") == s)["regime"].to_numpy(),
+                                         minlength=len(REGIMES)).tolist() for s in SPLITS},
+        "feature_names": F.feature_names(L), "scaler_mean": mean.tolist(), "scaler_std": std.tolist(),
+    })
+
+
+def _read_files(spec: DatasetSpec, files: list[dict], progress: bool
+                ) -> list[tuple[Path, np.ndarray | None, ReadReport]]:
+    """(path, raw events, report) of each file, read by the spec's reader."""
+    reader = get_reader(spec.format)
+    reads = []
+    with _progress() as bar:
+        task = bar.add_task(f"reading {spec.name}", total=len(files), visible=progress)
+        for f in files:
+            events, report = reader(Path(f["path"]), spec.instrument, spec.reader_options)
+            reads.append((Path(f["path"]), events, report))
+            bar.advance(task)
+    return reads
+
+
+def _session_events(reads: list, members: list[int], base_latency_ns: int) -> np.ndarray:
+    """The finalized events of one session (the raw events of its ``members`` joined); the
+    members' raw arrays are released. A session without depth events is an error."""
+    raw = np.concatenate([reads[i][1] for i in members])
+    for i in members:  # a full day's raw arrays are hundreds of MB: keep only the reports
+        reads[i] = (reads[i][0], None, reads[i][2])
+    kind = raw["ev"] & EVENT_TYPE_MASK
+    if not ((kind == DEPTH_EVENT) | (kind == DEPTH_SNAPSHOT_EVENT)).any():
+        only = "only trades" if (kind == TRADE_EVENT).any() else "no book or trade events"
+        raise InputError(f"no depth events: the capture holds {only}; a dataset needs the "
+                         "order book (depth diffs or snapshots)",
+                         file=", ".join(str(reads[i][0]) for i in members))
+    del kind
+    return finalize_events(raw, base_latency_ns)
+
+
+def step_columns(arrays: SessionArrays, levels: int) -> dict[str, np.ndarray]:
+    """The per-step columns of ``steps.parquet`` computed from a session's events (all but
+    ``session``, ``step``, ``ts_ns`` and ``valid``), in the file's column order."""
+    table = {}
+    for side in ("bid", "ask"):
+        for lv in range(levels):
+            table[f"{side}_px_{lv}"] = arrays.book[f"{side}_px"][:, lv]
+            table[f"{side}_sz_{lv}"] = arrays.book[f"{side}_sz"][:, lv]
+    table.update(buy_vol=arrays.book["buy_vol"], sell_vol=arrays.book["sell_vol"],
+                 trade_count=arrays.book["trade_count"], mid=arrays.mid,
+                 spread_ticks=arrays.spread, sigma=arrays.sigma)
+    return table
+
+
+def _sample_table(sid: int, arrays: SessionArrays, global_offset: int) -> pl.DataFrame:
+    """One session's decision points: step, time, sigma, targets and mid (no split yet)."""
+    t, y, ts = arrays.sample_steps, arrays.targets, arrays.ts_ns
+    return pl.DataFrame({
+        "session": np.full(len(t), sid, np.int32), "step": t.astype(np.int32),
+        "global_step": (t + global_offset).astype(np.int64), "ts_ns": ts[t],
+        "sigma": arrays.sigma[t], "y_mid": y[:, 0], "y_spread": y[:, 1], "y_volume": y[:, 2],
+        "mid": arrays.mid[t],
+    })
+
+
+def _check_windows(name: str, sessions: list[dict], repairs: list[dict],
+                   sample_parts: list[pl.DataFrame], config: DataConfig) -> None:
+    """Refuse a dataset without a window, saying why (too few levels, no full book, sessions
+    too short)."""
+    grid, fcfg = config.grid, config.features
+    W, H, L = fcfg.window, fcfg.horizon, grid.levels
     shown = [r["visible_levels"] for r in repairs if "visible_levels" in r]
     if not sessions and shown and max(shown) < L:  # every session lacks the levels asked for
-        raise InputError(f"dataset '{spec.name}' yields no windows: no step has {L} visible "
+        raise InputError(f"dataset '{name}' yields no windows: no step has {L} visible "
                          f"levels on both sides; the book shows at most {max(shown)} (within "
                          "grid.book_band of the price): lower grid.levels", field="grid.levels",
                          expected=f"<= {max(shown)}", got=L)
     if not sessions:
-        raise InputError(f"dataset '{spec.name}' yields no windows: no step has a full, "
+        raise InputError(f"dataset '{name}' yields no windows: no step has a full, "
                          f"uncrossed book of {L} levels a side")
     if not sample_parts or sum(len(p) for p in sample_parts) == 0:
-        raise InputError(f"dataset '{spec.name}' yields no windows: sessions are shorter than "
+        raise InputError(f"dataset '{name}' yields no windows: sessions are shorter than "
                          f"window + horizon = {W + H} steps of {grid.dt_ms} ms")
-    samples = pl.concat(sample_parts)
-    purge = config.splits.purge if config.splits.purge is not None else H + W
+
+
+def _split_and_label(name: str, samples: pl.DataFrame, config: DataConfig, purge: int
+                     ) -> tuple[pl.DataFrame, pl.DataFrame, tuple]:
+    """The samples with their split (purged ones dropped), regime and row number; the training
+    samples; and the regime thresholds, from the training samples only."""
     split = F.chronological_splits(samples["global_step"].to_numpy(), config.splits, purge)
     samples = samples.with_columns(pl.Series("split_id", split)).filter(pl.col("split_id") >= 0)
     names = np.array(SPLITS)
     samples = samples.with_columns(pl.Series("split", names[samples["split_id"].to_numpy()]))
     train = samples.filter(pl.col("split") == "train")
     if len(train) == 0:
-        raise InputError(f"dataset '{spec.name}' has no training windows after the purge gap")
+        raise InputError(f"dataset '{name}' has no training windows after the purge gap")
     thresholds = F.regime_thresholds(train["sigma"].to_numpy())
     samples = samples.with_columns(
         pl.Series("regime", F.assign_regimes(samples["sigma"].to_numpy(), thresholds)))
     samples = samples.with_row_index("sample").with_columns(pl.col("sample").cast(pl.Int64))
+    return samples, train, thresholds
 
-    steps_df = pl.concat(step_tables)
-    feats_df = pl.concat(feature_tables)
-    # Scaler from the steps that training windows cover, and nothing later.
+
+def _scaler(steps_df: pl.DataFrame, feats_df: pl.DataFrame, train: pl.DataFrame
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and std of the features, from the steps that training windows cover, and nothing
+    later."""
     last_train = train.group_by("session").agg(pl.col("step").max())
     mask = np.zeros(len(steps_df), bool)
     sess = steps_df["session"].to_numpy()
@@ -330,22 +387,23 @@ def _build(spec: DatasetSpec, config: DataConfig, key: str, files: list[dict], o
     fx = feats_df.to_numpy()[mask].astype(np.float64)
     mean, std = fx.mean(axis=0), fx.std(axis=0)
     std[std < 1e-12] = 1.0
+    return mean, std
 
-    steps_df.write_parquet(out / "steps.parquet")
-    feats_df.write_parquet(out / "features.parquet")
+
+def events_file(session_id: int) -> str:
+    """The name of a session's event file in a prepared-dataset folder."""
+    return f"events_{session_id}.npz"
+
+
+def write_tables(out: Path, steps: pl.DataFrame, features: pl.DataFrame, samples: pl.DataFrame,
+                 meta: dict) -> None:
+    """Write a prepared dataset's tables into folder ``out``, then its ``meta.json``: ``meta``
+    with the ``checksums`` of every file in the folder (the event files written before too)."""
+    steps.write_parquet(out / "steps.parquet")
+    features.write_parquet(out / "features.parquet")
     samples.write_parquet(out / "samples.parquet")
-    counts = {s: int((samples["split"] == s).sum()) for s in SPLITS}
-    write_json(out / "meta.json", {
-        "schema_version": SCHEMA_VERSION, "key": key, "name": spec.name,
-        "spec": spec.model_dump(exclude={"base_dir"}), "config": config.model_dump(),
-        "files": files, "sessions": sessions, "reports": [r[2].to_dict() for r in reads],
-        "repairs": repairs, "purge_steps": purge, "split_counts": counts,
-        "regime_thresholds": list(thresholds),
-        "regime_counts": {s: np.bincount(samples.filter(pl.col("split") == s)["regime"].to_numpy(),
-                                         minlength=len(REGIMES)).tolist() for s in SPLITS},
-        "feature_names": F.feature_names(L), "scaler_mean": mean.tolist(), "scaler_std": std.tolist(),
-        "checksums": folder_checksums(out, exclude=("meta.json",)),
-    })
+    write_json(out / "meta.json", {**meta,
+                                   "checksums": folder_checksums(out, exclude=("meta.json",))})
 
 
 class PreparedDataset:
@@ -394,7 +452,7 @@ class PreparedDataset:
         return self.spec.instrument
 
     def events(self, session_id: int) -> np.ndarray:
-        path = self.artefact(f"events_{session_id}.npz")
+        path = self.artefact(events_file(session_id))
         with reading(path), np.load(path) as z:
             return z["data"]
 

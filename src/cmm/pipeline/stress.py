@@ -20,22 +20,19 @@ the features, the targets and the regimes all see the same market:
 A resting buy order is filled when the falling asks reach it (hftbacktest's exchange model), as
 in a real crash. Everything before ``t0`` of the first crash is unchanged, so training and
 validation data, scalers and regime thresholds are the original ones; the crashed dataset is a
-prepared-dataset folder (same layout as :mod:`cmm.data.prepare`) whose ``meta.json`` records
-the crash settings and the crash times.
+prepared-dataset folder (same layout as :mod:`cmm.data.prepare`, written by
+:class:`cmm.data.derived.DerivedDataset`) whose ``meta.json`` records the crash settings and the
+crash times.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import shutil
 from pathlib import Path
 
 import numpy as np
-import polars as pl
 
 from cmm.config import FlashCrashConfig
-from cmm.data import features as F
 from cmm.data.events import (
     BUY_EVENT,
     DEPTH_CLEAR_EVENT,
@@ -51,7 +48,7 @@ from cmm.data.events import (
 )
 from cmm.data.grid import build_snapshots
 from cmm.errors import InputError
-from cmm.io import atomic_dir, folder_checksums, read_parquet, stable_hash, write_json
+from cmm.io import stable_hash
 
 __all__ = ["episode_volatility", "most_volatile", "crash_schedule", "inject_flash_crashes",
            "build_crash_dataset", "crash_starts"]
@@ -224,87 +221,25 @@ def build_crash_dataset(ds, plan, episode_s: float, cfg: FlashCrashConfig,
                         out_dir: str | Path):
     """Write a prepared-dataset folder whose test episodes each hold a flash crash; returns it
     opened as a :class:`~cmm.data.prepare.PreparedDataset`."""
-    from cmm.data.prepare import PreparedDataset, build_session
+    from cmm.data.derived import DerivedDataset
 
-    out_dir = Path(out_dir)
     dt_ns = ds.config.grid.dt_ms * 1_000_000
     step_ns = (cfg.step_ms * 1_000_000) if cfg.step_ms else dt_ns
     starts = crash_starts(plan, episode_s, cfg)
-    inst = ds.spec.instrument
-    H = ds.config.features.horizon
-    steps, samples = ds.steps, ds.samples
-    feats = read_parquet(ds.artefact("features.parquet"))
+    crashed = DerivedDataset(ds)
     crashes: list[dict] = []
-    new_events: dict[int, np.ndarray] = {}
     for sid, t0s in starts.items():
-        ev, info = inject_flash_crashes(ds.events(sid), t0s, inst.tick_size, cfg, step_ns,
-                                        ds.config.grid.book_band)
+        ev, info = inject_flash_crashes(ds.events(sid), t0s, ds.spec.instrument.tick_size, cfg,
+                                        step_ns, ds.config.grid.book_band)
         for c in info:
             c["session"] = sid
         crashes += info
-        arrays = build_session(ev, inst, ds.config)
-        m = (steps["session"] == sid).to_numpy()
-        old_ts = steps.filter(pl.col("session") == sid)["ts_ns"].to_numpy()
-        if arrays is None or arrays.n_steps != len(old_ts) or not np.array_equal(
-                arrays.ts_ns, old_ts):
+        if not crashed.replace_session(sid, ev):
             raise InputError("the crashed session's grid does not line up with the original",
                              field="robustness.flash_crash", got=sid)
-        new_events[sid] = ev
-        L = ds.config.grid.levels
-        cols = {}
-        for side in ("bid", "ask"):
-            for lv in range(L):
-                cols[f"{side}_px_{lv}"] = arrays.book[f"{side}_px"][:, lv]
-                cols[f"{side}_sz_{lv}"] = arrays.book[f"{side}_sz"][:, lv]
-        cols.update(buy_vol=arrays.book["buy_vol"], sell_vol=arrays.book["sell_vol"],
-                    trade_count=arrays.book["trade_count"], mid=arrays.mid, spread_ticks=arrays.spread, sigma=arrays.sigma,
-                    valid=arrays.valid)
-        idx = np.flatnonzero(m)
-        updates = {k: _replace(steps[k].to_numpy(), idx, v) for k, v in cols.items()}
-        steps = steps.with_columns([pl.Series(k, v, dtype=steps.schema[k])
-                                    for k, v in updates.items()])
-        fx = feats.to_numpy().copy()
-        fx[idx] = arrays.features.astype(fx.dtype)
-        feats = pl.DataFrame(fx, schema=feats.schema)
-        # samples of this session: same rows, new sigma, targets, mid, regime
-        sm = (samples["session"] == sid).to_numpy()
-        t = samples["step"].to_numpy()[sm].astype(np.int64)
-        y = F.targets(arrays.mid, arrays.spread,
-                      arrays.book["buy_vol"] + arrays.book["sell_vol"], t, H,
-                      ds.instrument.lot_size)
-        sig = arrays.sigma[t]
-        reg = F.assign_regimes(sig, ds.regime_thresholds)
-        si = np.flatnonzero(sm)
-        samples = samples.with_columns([
-            pl.Series("sigma", _replace(samples["sigma"].to_numpy(), si, sig)),
-            pl.Series("y_mid", _replace(samples["y_mid"].to_numpy(), si, y[:, 0])),
-            pl.Series("y_spread", _replace(samples["y_spread"].to_numpy(), si, y[:, 1])),
-            pl.Series("y_volume", _replace(samples["y_volume"].to_numpy(), si, y[:, 2])),
-            pl.Series("mid", _replace(samples["mid"].to_numpy(), si, arrays.mid[t])),
-            pl.Series("regime", _replace(samples["regime"].to_numpy(), si, reg),
-                      dtype=samples.schema["regime"]),
-        ])
-    meta = json.loads((ds.folder / "meta.json").read_text())
     settings = {"flash_crash": cfg.model_dump(mode="json"), "episode_s": episode_s,
                 "step_ns": step_ns}
-    meta["key"] = f"{ds.cache_key}-crash-{stable_hash(settings, 8)}"
-    meta["stress"] = {**settings, "crashes": crashes, "source": str(ds.folder),
-                      "source_key": ds.cache_key}
-    with atomic_dir(out_dir) as tmp:
-        for s in ds.sessions:
-            if s.id in new_events:
-                np.savez(tmp / f"events_{s.id}.npz", data=new_events[s.id])
-            else:
-                shutil.copyfile(ds.artefact(f"events_{s.id}.npz"), tmp / f"events_{s.id}.npz")
-        steps.write_parquet(tmp / "steps.parquet")
-        feats.write_parquet(tmp / "features.parquet")
-        samples.write_parquet(tmp / "samples.parquet")
-        meta["checksums"] = folder_checksums(tmp, exclude=("meta.json",))
-        write_json(tmp / "meta.json", meta)
-    return PreparedDataset(out_dir)
-
-
-def _replace(column: np.ndarray, idx: np.ndarray, values: np.ndarray) -> np.ndarray:
-    out = column.copy()
-    out[idx] = np.asarray(values).astype(out.dtype)
-    return out
+    stress = {**settings, "crashes": crashes, "source": str(ds.folder),
+              "source_key": ds.cache_key}
+    return crashed.write(out_dir, key=f"{ds.cache_key}-crash-{stable_hash(settings, 8)}",
+                         extra_meta={"stress": stress})

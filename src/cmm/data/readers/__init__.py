@@ -2,8 +2,9 @@
 
 A reader is a function ``read(path, instrument, options) -> (events, ReadReport)`` registered
 under its format name with :func:`register_reader`; ``options`` is the spec's ``reader:`` mapping
-as the format's typed model (``cmm.config.READER_OPTIONS``). Events are hftbacktest ``event_dtype`` rows in file
-order with nanosecond timestamps; :func:`cmm.data.events.finalize_events` orders them later.
+as the format's typed model. ``cmm.config.READER_FORMATS`` names both, per format: the one
+table of formats. Events are hftbacktest ``event_dtype`` rows in file order with nanosecond
+timestamps; :func:`cmm.data.events.finalize_events` orders them later.
 Errors are :class:`cmm.errors.InputError` naming the file, the line or record and the field.
 """
 
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cmm.config import FrozenModel, Instrument
+from cmm.config import READER_FORMATS, FrozenModel, Instrument
 from cmm.data.events import ReadReport
 from cmm.errors import UnknownNameError
 
@@ -25,8 +26,7 @@ _READERS: dict[str, Reader] = {}
 # Per format: the files a reader opens besides the one it is given (e.g. LOBSTER's order book
 # beside its message file), so that a dataset's cache key hashes every byte it reads.
 _COMPANIONS: dict[str, Callable[[Path], list[Path]]] = {}
-_BUILTIN = {"binance": "binance", "bitstamp-log": "bitstamp", "order-csv": "ordercsv",
-            "lobster": "lobster", "hftbacktest-npz": "npz", "databento-mbo": "databento"}
+_BUILTIN = {name: module for name, (module, _) in READER_FORMATS.items()}
 
 
 def register_reader(name: str, companions: Callable[[Path], list[Path]] | None = None

@@ -175,6 +175,41 @@ def read_binance(path: Path, instrument: Instrument,
 
     # One compiled pass over the bytes: line bounds, local times, and every line in the
     # layouts of the fast path (see _scan) parsed; the rest are _K_OTHER, handled below.
+    buf, s = _scan_lines(path, data, nd)
+    kind, start, end = s.kind, s.start, s.end
+    local_ts = s.ts[kind != _K_EMPTY]
+    report.lines = len(local_ts)
+    report.first_local_ts = int(local_ts[0]) * mul
+    report.last_local_ts = int(local_ts[-1]) * mul
+
+    lines = _LineReader(report, nd, mul)
+    keep = np.ones(len(kind), dtype=np.bool_)  # False: a parsed diff dropped as stale
+    _read_other_lines(path, data, s, lines, keep)
+    is_trade = kind == _K_TRADE
+    _count_messages(report, lines, kind)
+
+    # Rows of the per-line code, as before; then every row in file order.
+    py_events = lines.events(path, data)
+    fast = (kind == _K_DEPTH) & keep
+    total = (int(np.count_nonzero(is_trade)) + int(s.nrow[fast].sum()) + len(py_events))
+    events = np.zeros(total, dtype=event_dtype)
+    _assemble(kind, keep, s.ts, mul, s.exch, s.flag, s.nrow, s.off, s.px, s.qty,
+              lines.rows_per_line(len(kind)), _as_2d(py_events, np.int64),
+              _as_2d(py_events, np.float64), _as_2d(events, np.int64),
+              _as_2d(events, np.float64))
+    report.events = total
+    try:
+        check_raw_events(events, path, instrument)
+    except InputError as err:
+        raise _locate_in_file(path, events, s, is_trade, fast, lines, instrument) or err from None
+    events = _drop_duplicate_trades(events, report, buf, start, end,
+                                    lines.trade_lines(is_trade))
+    return events, report
+
+
+def _scan_lines(path: Path, data: bytes, nd: int) -> tuple[np.ndarray, _ScanArrays]:
+    """The data as bytes and what :func:`_scan` made of each line; local timestamps that the
+    scan could not read are read (or refused, naming the line) by the exact check."""
     buf = np.frombuffer(data, np.uint8)
     newlines = np.flatnonzero(buf == 10)
     n_lines = len(newlines) + 1
@@ -186,44 +221,20 @@ def read_binance(path: Path, instrument: Instrument,
     del newlines
     ts_bad = _scan(buf, nd, _POW10, s.kind, s.ts, s.start, s.end, s.exch, s.upd, s.flag, s.nrow,
                    s.off, s.px, s.qty)
-    kind, start, end = s.kind, s.start, s.end
-    nonempty = kind != _K_EMPTY
     if ts_bad:  # not nd digits and a space, or backwards: the exact check names the line
         local = _local_timestamps(path, data.split(b"\n"), nd)
-        s.ts[nonempty] = local  # (a separator int() accepts, e.g. a tab: those are _K_OTHER)
-    local_ts = s.ts[nonempty]
-    report.lines = len(local_ts)
-    report.first_local_ts = int(local_ts[0]) * mul
-    report.last_local_ts = int(local_ts[-1]) * mul
+        s.ts[s.kind != _K_EMPTY] = local  # (a separator int() accepts, e.g. a tab: _K_OTHER)
+    return buf, s
 
-    seg_ev: list[int] = []  # per segment: a run of rows sharing type, side and timestamps
-    seg_n: list[int] = []
-    seg_exch: list[int] = []  # ns
-    seg_local: list[int] = []  # file units
-    seg_line: list[int] = []
-    seg_src: list[int] = []
-    seg_field: list[str] = []
-    chunks: list[bytes] = []  # diff level arrays, as bytes, in row order
-    chunk_line: list[int] = []
-    chunk_levels: list[int] = []
-    py_px: list[float] = []
-    py_qty: list[float] = []
-    counts = {"snapshot": 0, "markPriceUpdate": 0, "trade_not_market": 0, "error_frame": 0,
-              "bookTicker": 0}
-    n_depth = n_trade = 0
-    seq = _Sequencer(report)
-    seq_diff = seq.diff
-    keep = np.ones(n_lines, dtype=np.bool_)  # False: a parsed diff dropped as stale
 
-    ev_a, n_a, ex_a, lo_a = seg_ev.append, seg_n.append, seg_exch.append, seg_local.append
-    li_a, src_a, fld_a = seg_line.append, seg_src.append, seg_field.append
-    ch_a, chl_a, chn_a = chunks.append, chunk_line.append, chunk_levels.append
-    px_a, qty_a = py_px.append, py_qty.append
-    loads = orjson.loads
-
+def _read_other_lines(path: Path, data: bytes, s: _ScanArrays, lines: _LineReader,
+                      keep: np.ndarray) -> None:
+    """Every line the scan did not parse, through the per-line code in file order, with the
+    parsed diffs' sequence checks in between; an error names the line and the field."""
+    kind, start, end, nd = s.kind, s.start, s.end, lines.nd
+    n_lines = len(kind)
     # Parsed diffs only need the sequencer; between two other lines (snapshots above all) it is
     # vectorised by _chain. Everything else goes through the per-line code in file order.
-    n_fast_depth = int(np.count_nonzero(kind == _K_DEPTH))
     stops = np.flatnonzero(kind == _K_OTHER).tolist()
     diff_lines = np.flatnonzero(kind == _K_DEPTH)
     diff_at = 0
@@ -233,137 +244,13 @@ def read_binance(path: Path, instrument: Instrument,
             # parsed diffs before this line
             stop = int(np.searchsorted(diff_lines, k, side="left"))
             if stop > diff_at:
-                _chain(seq, diff_lines[diff_at:stop], s.upd, s.flag, keep)
+                _chain(lines.seq, diff_lines[diff_at:stop], s.upd, s.flag, keep)
                 diff_at = stop
             if k == n_lines:
                 break
             line = data[start[k]:end[k]]
             lineno = k + 1
-            ts = int(line[:nd])
-
-            # Fast path for combined-stream depth diffs: parse the header, cut out the levels.
-            i = line.find(b',"b":[', nd)
-            if (i >= 0 and line.startswith(b'{"stream":', nd + 1)
-                    and line.find(b'"e":"depthUpdate"', nd, i) >= 0):
-                j = line.find(b'],"a":[', i)
-                bchunk = line[i + 6:j]
-                achunk = line[j + 7:-3]
-                # no ':' in the level arrays: "b" and "a" are the last keys, nothing between
-                if (j >= 0 and line.endswith(b"]}}") and bchunk.find(b":") < 0
-                        and achunk.find(b":") < 0):
-                    h = loads(line[nd + 1:i] + b"}}")["data"]
-                    n_depth += 1
-                    pu = h.get("pu")
-                    if not seq_diff(lineno, h["U"], h["u"], pu):
-                        continue
-                    exch = h["E"] if pu is None else h["T"]
-                    if exch.__class__ is not int:
-                        raise _Fail("exchange time is not an integer",
-                                    "E" if pu is None else "T", "milliseconds", exch)
-                    exch *= MS
-                    nb = bchunk.count(b"[")
-                    na = achunk.count(b"[")
-                    ev_a(_BID_DEPTH), n_a(nb), ex_a(exch), lo_a(ts), li_a(lineno)
-                    src_a(_BUF), fld_a("b")
-                    ev_a(_ASK_DEPTH), n_a(na), ex_a(exch), lo_a(ts), li_a(lineno)
-                    src_a(_BUF), fld_a("a")
-                    if nb:
-                        ch_a(bchunk), chl_a(lineno), chn_a(nb)
-                    if na:
-                        ch_a(achunk), chl_a(lineno), chn_a(na)
-                    continue
-
-            msg = loads(line[nd + 1:])
-            if msg.__class__ is not dict:
-                raise _Fail("malformed message", "json", "a JSON object", _short(msg))
-            data_ = msg.get("data")
-            if data_ is None and "e" in msg:  # a plain (not combined) stream
-                data_ = msg
-            if data_ is not None:
-                if data_.__class__ is not dict:
-                    raise _Fail("malformed message", "data", "a JSON object", _short(data_))
-                e = data_.get("e")
-                if e == "trade":
-                    x = data_.get("X")
-                    if x is not None and x != "MARKET":
-                        counts["trade_not_market"] += 1
-                        continue
-                    n_trade += 1
-                    exch = data_["T"]
-                    if exch.__class__ is not int:
-                        raise _Fail("exchange time is not an integer", "T", "milliseconds",
-                                    exch)
-                    m = data_["m"]
-                    if m.__class__ is not bool:
-                        raise _Fail("invalid value", "m", "true or false", m)
-                    ev_a(_SELL_TRADE if m else _BUY_TRADE), n_a(1), ex_a(exch * MS), lo_a(ts)
-                    li_a(lineno), src_a(_PY), fld_a("p")
-                    px_a(float(data_["p"]))
-                    qty_a(float(data_["q"]))
-                elif e == "depthUpdate":  # not in the fast path's layout: parse in full
-                    n_depth += 1
-                    pu = data_.get("pu")
-                    if not seq_diff(lineno, data_["U"], data_["u"], pu):
-                        continue
-                    exch = data_["E"] if pu is None else data_["T"]
-                    if exch.__class__ is not int:
-                        raise _Fail("exchange time is not an integer",
-                                    "E" if pu is None else "T", "milliseconds", exch)
-                    for side, ev in (("b", _BID_DEPTH), ("a", _ASK_DEPTH)):
-                        levels = data_[side]
-                        _levels_to(levels, side, py_px, py_qty)
-                        ev_a(ev), n_a(len(levels)), ex_a(exch * MS), lo_a(ts), li_a(lineno)
-                        src_a(_PY), fld_a(side)
-                elif e == "markPriceUpdate":
-                    counts["markPriceUpdate"] += 1
-                elif e == "bookTicker" or (e is None and "@bookTicker" in msg.get("stream", "")):
-                    counts["bookTicker"] += 1
-                elif e is None and ("code" in data_ or "result" in data_):
-                    counts["error_frame"] += 1
-                    report.warnings.append(f"line {lineno}: exchange frame {_short(data_)} "
-                                           "ignored")
-                elif e is None:
-                    raise _Fail("required field is missing", "e",
-                                "a message type: " + ", ".join(KNOWN_EVENTS))
-                else:
-                    raise _Fail("unknown message type", "e", ", ".join(KNOWN_EVENTS), e)
-            elif "lastUpdateId" in msg:
-                counts["snapshot"] += 1
-                report.has_snapshot = True
-                snap = msg["lastUpdateId"]
-                if snap.__class__ is not int:
-                    raise _Fail("invalid value", "lastUpdateId", "an integer", snap)
-                exch = msg.get("T")
-                if exch is None:
-                    exch = ts * mul
-                elif exch.__class__ is not int:
-                    raise _Fail("exchange time is not an integer", "T", "milliseconds", exch)
-                else:
-                    exch *= MS
-                for side, ev in (("bids", BUY_EVENT), ("asks", SELL_EVENT)):
-                    levels = msg[side]
-                    if levels.__class__ is not list:
-                        raise _Fail("invalid value", side, "a list of [price, qty]",
-                                    _short(levels))
-                    if not levels:
-                        continue
-                    _levels_to(levels, side, py_px, py_qty)
-                    # the clear row goes before the level rows: insert its price and qty
-                    at = len(py_px) - len(levels)
-                    py_px.insert(at, py_px[-1])
-                    py_qty.insert(at, 0.0)
-                    ev_a(DEPTH_CLEAR_EVENT | ev), n_a(1), ex_a(exch), lo_a(ts), li_a(lineno)
-                    src_a(_PY), fld_a(f"{side}[{len(levels) - 1}]")
-                    ev_a(DEPTH_SNAPSHOT_EVENT | ev), n_a(len(levels)), ex_a(exch), lo_a(ts)
-                    li_a(lineno), src_a(_PY), fld_a(side)
-                seq.snapshot(snap)
-            elif "code" in msg or "result" in msg:
-                counts["error_frame"] += 1
-                report.warnings.append(f"line {lineno}: exchange frame {_short(msg)} ignored")
-            else:
-                raise _Fail("unknown message", "data",
-                            "a combined-stream frame {stream, data} or a depth snapshot "
-                            "{lastUpdateId, bids, asks}", _short(msg))
+            lines.read(line, lineno)
     except _Fail as f:
         raise InputError(f.message, file=path, line=lineno, field=f.field, expected=f.expected,
                          got=f.got) from None
@@ -377,9 +264,12 @@ def read_binance(path: Path, instrument: Instrument,
         raise _diagnose(path, lineno, data[start[lineno - 1]:end[lineno - 1]], nd,
                         exc) from None
 
-    is_trade = kind == _K_TRADE
-    n_trade += int(np.count_nonzero(is_trade))
-    n_depth += n_fast_depth
+
+def _count_messages(report: ReadReport, lines: _LineReader, kind: np.ndarray) -> None:
+    """The report's message counts: the per-line code's and the scan's together."""
+    counts = lines.counts
+    n_trade = lines.n_trade + int(np.count_nonzero(kind == _K_TRADE))
+    n_depth = lines.n_depth + int(np.count_nonzero(kind == _K_DEPTH))
     counts["bookTicker"] += int(np.count_nonzero(kind == _K_BOOK))
     report.messages = {"depthUpdate": n_depth, "trade": n_trade,
                        **{k: v for k, v in counts.items() if v}}
@@ -387,55 +277,241 @@ def read_binance(path: Path, instrument: Instrument,
         report.warnings.insert(0, f"{counts['error_frame']} exchange error/reply frame(s) "
                                   "ignored")
 
-    # Rows of the per-line code, as before; then every row in file order.
-    n = np.asarray(seg_n, dtype=np.int64)
-    py_total = int(n.sum())
-    py_events = np.zeros(py_total, dtype=event_dtype)
-    if py_total:
-        values = _parse_levels(chunks, 2 * sum(chunk_levels))
-        if values is None:
-            raise _locate_bad_levels(path, data.split(b"\n"), nd, chunks, chunk_line,
-                                     chunk_levels)
-        py_events["ev"] = np.repeat(np.asarray(seg_ev, dtype=np.uint64), n)
-        py_events["exch_ts"] = np.repeat(np.asarray(seg_exch, dtype=np.int64), n)
-        py_events["local_ts"] = np.repeat(np.asarray(seg_local, dtype=np.int64) * mul, n)
-        from_buf = np.repeat(np.asarray(seg_src, dtype=np.int8) == _BUF, n)
-        px = np.empty(py_total)
-        qty = np.empty(py_total)
-        px[from_buf] = values[0::2]
-        qty[from_buf] = values[1::2]
-        from_py = ~from_buf
-        px[from_py] = py_px
-        qty[from_py] = py_qty
-        py_events["px"] = px
-        py_events["qty"] = qty
-    py_rows = np.zeros(n_lines, dtype=np.int64)
-    np.add.at(py_rows, np.asarray(seg_line, dtype=np.int64) - 1, n)
-    fast = (kind == _K_DEPTH) & keep
-    total = (int(np.count_nonzero(is_trade)) + int(s.nrow[fast].sum()) + py_total)
-    events = np.zeros(total, dtype=event_dtype)
-    _assemble(kind, keep, s.ts, mul, s.exch, s.flag, s.nrow, s.off, s.px, s.qty, py_rows,
-              _as_2d(py_events, np.int64), _as_2d(py_events, np.float64),
-              _as_2d(events, np.int64), _as_2d(events, np.float64))
-    report.events = total
-    try:
-        check_raw_events(events, path, instrument)
-    except InputError as err:
-        # segments of the whole file, in row order, to name the line and field
-        segs = [(k + 1, 1, "p") for k in np.flatnonzero(is_trade).tolist()]
-        for k in np.flatnonzero(fast).tolist():
-            segs += [(k + 1, int(s.nrow[k, 0]), "b"), (k + 1, int(s.nrow[k, 1]), "a")]
-        segs = sorted(segs + list(zip(seg_line, seg_n, seg_field)), key=lambda seg: seg[0])
-        all_n = np.asarray([seg[1] for seg in segs], dtype=np.int64)
-        raise _locate_bad_value(path, events, all_n, [seg[0] for seg in segs],
-                                [seg[2] for seg in segs], instrument) or err from None
-    trade_lines = np.flatnonzero(is_trade)
-    if len(seg_line):  # trades the per-line code read (0-based lines)
-        trade_lines = np.sort(np.concatenate([trade_lines, np.asarray(
-            [ln - 1 for ln, ev in zip(seg_line, seg_ev) if ev & EVENT_TYPE_MASK == TRADE_EVENT],
-            dtype=np.int64)]))
-    events = _drop_duplicate_trades(events, report, buf, start, end, trade_lines)
-    return events, report
+
+def _locate_in_file(path: Path, events: np.ndarray, s: _ScanArrays, is_trade: np.ndarray,
+                    fast: np.ndarray, lines: _LineReader, instrument: Instrument
+                    ) -> InputError | None:
+    """:func:`_locate_bad_value` over every row of the file: the scan's and the per-line
+    code's segments, in row order, to name the line and field."""
+    segs = [(k + 1, 1, "p") for k in np.flatnonzero(is_trade).tolist()]
+    for k in np.flatnonzero(fast).tolist():
+        segs += [(k + 1, int(s.nrow[k, 0]), "b"), (k + 1, int(s.nrow[k, 1]), "a")]
+    segs = sorted(segs + list(zip(lines.seg_line, lines.seg_n, lines.seg_field)),
+                  key=lambda seg: seg[0])
+    all_n = np.asarray([seg[1] for seg in segs], dtype=np.int64)
+    return _locate_bad_value(path, events, all_n, [seg[0] for seg in segs],
+                             [seg[2] for seg in segs], instrument)
+
+
+class _LineReader:
+    """The per-line code: reads the lines the scan left, one at a time, into *segments* (a run
+    of rows sharing type, side and timestamps), with diff level arrays cut out as bytes (one
+    columnar parse later) and other prices and sizes as Python floats; counts the messages."""
+
+    def __init__(self, report: ReadReport, nd: int, mul: int) -> None:
+        self.report, self.nd, self.mul = report, nd, mul
+        self.seq = _Sequencer(report)
+        self.seg_ev: list[int] = []
+        self.seg_n: list[int] = []
+        self.seg_exch: list[int] = []  # ns
+        self.seg_local: list[int] = []  # file units
+        self.seg_line: list[int] = []
+        self.seg_src: list[int] = []
+        self.seg_field: list[str] = []
+        self.chunks: list[bytes] = []  # diff level arrays, as bytes, in row order
+        self.chunk_line: list[int] = []
+        self.chunk_levels: list[int] = []
+        self.py_px: list[float] = []
+        self.py_qty: list[float] = []
+        self.counts = {"snapshot": 0, "markPriceUpdate": 0, "trade_not_market": 0,
+                       "error_frame": 0, "bookTicker": 0}
+        self.n_depth = self.n_trade = 0
+
+    def _segment(self, ev: int, n: int, exch: int, local: int, line: int, src: int,
+                 field: str) -> None:
+        self.seg_ev.append(ev)
+        self.seg_n.append(n)
+        self.seg_exch.append(exch)
+        self.seg_local.append(local)
+        self.seg_line.append(line)
+        self.seg_src.append(src)
+        self.seg_field.append(field)
+
+    def read(self, line: bytes, lineno: int) -> None:
+        """One line (1-based ``lineno``); problems raise :class:`_Fail` and the parsers' own
+        errors, which the caller turns into an InputError naming the line."""
+        nd = self.nd
+        ts = int(line[:nd])
+        if self._compact_diff(line, lineno, ts):
+            return
+        msg = orjson.loads(line[nd + 1:])
+        if msg.__class__ is not dict:
+            raise _Fail("malformed message", "json", "a JSON object", _short(msg))
+        data_ = msg.get("data")
+        if data_ is None and "e" in msg:  # a plain (not combined) stream
+            data_ = msg
+        if data_ is not None:
+            self._stream_message(msg, data_, lineno, ts)
+        elif "lastUpdateId" in msg:
+            self._snapshot(msg, lineno, ts)
+        elif "code" in msg or "result" in msg:
+            self.counts["error_frame"] += 1
+            self.report.warnings.append(f"line {lineno}: exchange frame {_short(msg)} ignored")
+        else:
+            raise _Fail("unknown message", "data",
+                        "a combined-stream frame {stream, data} or a depth snapshot "
+                        "{lastUpdateId, bids, asks}", _short(msg))
+
+    def _compact_diff(self, line: bytes, lineno: int, ts: int) -> bool:
+        """Fast path for combined-stream depth diffs: parse the header, cut out the levels.
+        False when the line is not in that layout."""
+        nd = self.nd
+        i = line.find(b',"b":[', nd)
+        if not (i >= 0 and line.startswith(b'{"stream":', nd + 1)
+                and line.find(b'"e":"depthUpdate"', nd, i) >= 0):
+            return False
+        j = line.find(b'],"a":[', i)
+        bchunk = line[i + 6:j]
+        achunk = line[j + 7:-3]
+        # no ':' in the level arrays: "b" and "a" are the last keys, nothing between
+        if not (j >= 0 and line.endswith(b"]}}") and bchunk.find(b":") < 0
+                and achunk.find(b":") < 0):
+            return False
+        h = orjson.loads(line[nd + 1:i] + b"}}")["data"]
+        self.n_depth += 1
+        pu = h.get("pu")
+        if not self.seq.diff(lineno, h["U"], h["u"], pu):
+            return True
+        exch = h["E"] if pu is None else h["T"]
+        if exch.__class__ is not int:
+            raise _Fail("exchange time is not an integer",
+                        "E" if pu is None else "T", "milliseconds", exch)
+        exch *= MS
+        nb = bchunk.count(b"[")
+        na = achunk.count(b"[")
+        self._segment(_BID_DEPTH, nb, exch, ts, lineno, _BUF, "b")
+        self._segment(_ASK_DEPTH, na, exch, ts, lineno, _BUF, "a")
+        for chunk, n in ((bchunk, nb), (achunk, na)):
+            if n:
+                self.chunks.append(chunk)
+                self.chunk_line.append(lineno)
+                self.chunk_levels.append(n)
+        return True
+
+    def _stream_message(self, msg: dict, data_: object, lineno: int, ts: int) -> None:
+        """A stream's message (``data`` of a combined stream, or a plain stream's frame)."""
+        counts = self.counts
+        if data_.__class__ is not dict:
+            raise _Fail("malformed message", "data", "a JSON object", _short(data_))
+        e = data_.get("e")
+        if e == "trade":
+            x = data_.get("X")
+            if x is not None and x != "MARKET":
+                counts["trade_not_market"] += 1
+                return
+            self.n_trade += 1
+            exch = data_["T"]
+            if exch.__class__ is not int:
+                raise _Fail("exchange time is not an integer", "T", "milliseconds",
+                            exch)
+            m = data_["m"]
+            if m.__class__ is not bool:
+                raise _Fail("invalid value", "m", "true or false", m)
+            self._segment(_SELL_TRADE if m else _BUY_TRADE, 1, exch * MS, ts, lineno, _PY, "p")
+            self.py_px.append(float(data_["p"]))
+            self.py_qty.append(float(data_["q"]))
+        elif e == "depthUpdate":  # not in the fast path's layout: parse in full
+            self.n_depth += 1
+            pu = data_.get("pu")
+            if not self.seq.diff(lineno, data_["U"], data_["u"], pu):
+                return
+            exch = data_["E"] if pu is None else data_["T"]
+            if exch.__class__ is not int:
+                raise _Fail("exchange time is not an integer",
+                            "E" if pu is None else "T", "milliseconds", exch)
+            for side, ev in (("b", _BID_DEPTH), ("a", _ASK_DEPTH)):
+                levels = data_[side]
+                _levels_to(levels, side, self.py_px, self.py_qty)
+                self._segment(ev, len(levels), exch * MS, ts, lineno, _PY, side)
+        elif e == "markPriceUpdate":
+            counts["markPriceUpdate"] += 1
+        elif e == "bookTicker" or (e is None and "@bookTicker" in msg.get("stream", "")):
+            counts["bookTicker"] += 1
+        elif e is None and ("code" in data_ or "result" in data_):
+            counts["error_frame"] += 1
+            self.report.warnings.append(f"line {lineno}: exchange frame {_short(data_)} "
+                                        "ignored")
+        elif e is None:
+            raise _Fail("required field is missing", "e",
+                        "a message type: " + ", ".join(KNOWN_EVENTS))
+        else:
+            raise _Fail("unknown message type", "e", ", ".join(KNOWN_EVENTS), e)
+
+    def _snapshot(self, msg: dict, lineno: int, ts: int) -> None:
+        """A REST depth snapshot: per non-empty side a clear row, then the level rows."""
+        py_px, py_qty = self.py_px, self.py_qty
+        self.counts["snapshot"] += 1
+        self.report.has_snapshot = True
+        snap = msg["lastUpdateId"]
+        if snap.__class__ is not int:
+            raise _Fail("invalid value", "lastUpdateId", "an integer", snap)
+        exch = msg.get("T")
+        if exch is None:
+            exch = ts * self.mul
+        elif exch.__class__ is not int:
+            raise _Fail("exchange time is not an integer", "T", "milliseconds", exch)
+        else:
+            exch *= MS
+        for side, ev in (("bids", BUY_EVENT), ("asks", SELL_EVENT)):
+            levels = msg[side]
+            if levels.__class__ is not list:
+                raise _Fail("invalid value", side, "a list of [price, qty]",
+                            _short(levels))
+            if not levels:
+                continue
+            _levels_to(levels, side, py_px, py_qty)
+            # the clear row goes before the level rows: insert its price and qty
+            at = len(py_px) - len(levels)
+            py_px.insert(at, py_px[-1])
+            py_qty.insert(at, 0.0)
+            self._segment(DEPTH_CLEAR_EVENT | ev, 1, exch, ts, lineno, _PY,
+                          f"{side}[{len(levels) - 1}]")
+            self._segment(DEPTH_SNAPSHOT_EVENT | ev, len(levels), exch, ts, lineno, _PY, side)
+        self.seq.snapshot(snap)
+
+    def events(self, path: Path, data: bytes) -> np.ndarray:
+        """The segments' rows as events (local times in ns), the level bytes parsed in one
+        columnar pass; a malformed level array is an error naming its line."""
+        n = np.asarray(self.seg_n, dtype=np.int64)
+        py_total = int(n.sum())
+        py_events = np.zeros(py_total, dtype=event_dtype)
+        if py_total:
+            values = _parse_levels(self.chunks, 2 * sum(self.chunk_levels))
+            if values is None:
+                raise _locate_bad_levels(path, data.split(b"\n"), self.nd, self.chunks,
+                                         self.chunk_line, self.chunk_levels)
+            py_events["ev"] = np.repeat(np.asarray(self.seg_ev, dtype=np.uint64), n)
+            py_events["exch_ts"] = np.repeat(np.asarray(self.seg_exch, dtype=np.int64), n)
+            py_events["local_ts"] = np.repeat(
+                np.asarray(self.seg_local, dtype=np.int64) * self.mul, n)
+            from_buf = np.repeat(np.asarray(self.seg_src, dtype=np.int8) == _BUF, n)
+            px = np.empty(py_total)
+            qty = np.empty(py_total)
+            px[from_buf] = values[0::2]
+            qty[from_buf] = values[1::2]
+            from_py = ~from_buf
+            px[from_py] = self.py_px
+            qty[from_py] = self.py_qty
+            py_events["px"] = px
+            py_events["qty"] = qty
+        return py_events
+
+    def rows_per_line(self, n_lines: int) -> np.ndarray:
+        """How many of :meth:`events`' rows each line has (0-based lines)."""
+        py_rows = np.zeros(n_lines, dtype=np.int64)
+        np.add.at(py_rows, np.asarray(self.seg_line, dtype=np.int64) - 1,
+                  np.asarray(self.seg_n, dtype=np.int64))
+        return py_rows
+
+    def trade_lines(self, is_trade: np.ndarray) -> np.ndarray:
+        """The 0-based line of every trade row of the file, the scan's (``is_trade``) and
+        this code's, in row order."""
+        trade_lines = np.flatnonzero(is_trade)
+        if len(self.seg_line):  # trades the per-line code read (0-based lines)
+            trade_lines = np.sort(np.concatenate([trade_lines, np.asarray(
+                [ln - 1 for ln, ev in zip(self.seg_line, self.seg_ev)
+                 if ev & EVENT_TYPE_MASK == TRADE_EVENT], dtype=np.int64)]))
+        return trade_lines
 
 
 def _chain(seq: _Sequencer, lines: np.ndarray, upd: np.ndarray, flag: np.ndarray,

@@ -94,7 +94,7 @@ from cmm.data.events import (
     event_dtype,
 )
 from cmm.data.readers import register_reader
-from cmm.data.readers.bitstamp import finish_report
+from cmm.data.readers.common import finish_report
 from cmm.errors import InputError
 from cmm.vocabulary import ASK, BID
 
@@ -379,46 +379,10 @@ def read_databento_mbo(path: Path, instrument: Instrument,
     if not raw:
         raise InputError("empty file", file=path, expected="a DBN file")
     report = ReadReport(file=str(path), format="databento-mbo", timestamp_unit="ns")
-    tick = instrument.tick_size
-    tick_units = round(tick * PRICE_SCALE)
-    exact = tick_units >= 1 and abs(tick * PRICE_SCALE - tick_units) < 1e-6
-    book = MboBook(report, tick)
+    book = MboBook(report, instrument.tick_size)
     book.live = False
-    target = options.instrument_id
-    auto = target is None
-    counts: dict[int, int] = {}
-    other_types: dict[str, int] = {}
-    in_snapshot = None  # None: no record of the instrument yet
-    snap_local = None
-    mixed = False
-    last_recv = None
-    last_recv_record = 0
-    first_ts = last_ts = None
-    f_snapshot, f_tob, f_bad_book = dbn.F_SNAPSHOT, dbn.F_TOB, dbn.F_MAYBE_BAD_BOOK
-    mbo_type = dbn.MBOMsg
-    undef = dbn.UNDEF_PRICE
-    a_add, a_cancel, a_modify, a_clear, a_trade = (_A.ADD, _A.CANCEL, _A.MODIFY, _A.CLEAR,
-                                                   _A.TRADE)
+    replay = _MboReplay(path, report, book, instrument.tick_size, options.instrument_id)
     meta = None
-
-    def ticks_of(price: int, index: int) -> int:
-        if price == undef or price <= 0:
-            raise InputError("invalid price", file=path, record=index, field="price",
-                             expected="a price > 0 (fixed-point, 1e-9 units)",
-                             got="UNDEF_PRICE" if price == undef else price)
-        if exact:
-            t, rem = divmod(price, tick_units)
-            if rem == 0:
-                return t
-        else:
-            v = price / (tick * PRICE_SCALE)
-            t = round(v)
-            if t > 0 and abs(v - t) <= 1e-6 * max(1.0, t):
-                return t
-        raise InputError("price is not a multiple of the instrument's tick_size", file=path,
-                         record=index, field="price", expected=f"a multiple of {tick}",
-                         got=price / PRICE_SCALE)
-
     for index, rec in _decode(path, raw):
         if index == 0:
             meta = rec
@@ -427,91 +391,160 @@ def read_databento_mbo(path: Path, instrument: Instrument,
                 raise InputError("wrong DBN schema", file=path, field="schema",
                                  expected="mbo (market by order)", got=str(schema))
             continue
+        replay.record(index, rec)
+
+    _check_instrument(path, replay, options, _symbols(meta))
+    if replay.in_snapshot:  # the file ends inside the snapshot (a book-state-only file)
+        book.live = True
+        book.emit_snapshot(replay.snap_local, replay.snap_local)
+    _warn(report, replay)
+    events = book.to_array()
+    check_raw_events(events, path, instrument)
+    finish_report(report, events, replay.first_ts, replay.last_ts)
+    return events, report
+
+
+class _MboReplay:
+    """One pass over a file's MBO records into the book: the instrument filter, the ts_recv
+    order, the end of the snapshot and each record's action (rules in the module docstring)."""
+
+    def __init__(self, path: Path, report: ReadReport, book: MboBook, tick: float,
+                 instrument_id: int | None) -> None:
+        self.path, self.report, self.book, self.tick = path, report, book, tick
+        self.tick_units = round(tick * PRICE_SCALE)
+        self.exact = self.tick_units >= 1 and abs(tick * PRICE_SCALE - self.tick_units) < 1e-6
+        self.target = instrument_id
+        self.auto = instrument_id is None
+        self.counts: dict[int, int] = {}  # instrument_id -> MBO records
+        self.other_types: dict[str, int] = {}
+        self.in_snapshot: bool | None = None  # None: no record of the instrument yet
+        self.snap_local: int | None = None
+        self.mixed = False
+        self.last_recv: int | None = None
+        self.last_recv_record = 0
+        self.first_ts: int | None = None
+        self.last_ts: int | None = None
+
+    def ticks(self, price: int, index: int) -> int:
+        """A record's fixed-point price as integer ticks (checked in integers when the tick
+        is a whole number of 1e-9 units)."""
+        undef = dbn.UNDEF_PRICE
+        if price == undef or price <= 0:
+            raise InputError("invalid price", file=self.path, record=index, field="price",
+                             expected="a price > 0 (fixed-point, 1e-9 units)",
+                             got="UNDEF_PRICE" if price == undef else price)
+        if self.exact:
+            t, rem = divmod(price, self.tick_units)
+            if rem == 0:
+                return t
+        else:
+            v = price / (self.tick * PRICE_SCALE)
+            t = round(v)
+            if t > 0 and abs(v - t) <= 1e-6 * max(1.0, t):
+                return t
+        raise InputError("price is not a multiple of the instrument's tick_size", file=self.path,
+                         record=index, field="price", expected=f"a multiple of {self.tick}",
+                         got=price / PRICE_SCALE)
+
+    def record(self, index: int, rec) -> None:
+        """Count one record after the metadata, and apply it if it is of the instrument read."""
+        report = self.report
         report.lines += 1
-        if type(rec) is not mbo_type:
+        if type(rec) is not dbn.MBOMsg:
             name = type(rec).__name__
-            other_types[name] = other_types.get(name, 0) + 1
-            continue
+            self.other_types[name] = self.other_types.get(name, 0) + 1
+            return
         iid = rec.instrument_id
-        counts[iid] = counts.get(iid, 0) + 1
-        if auto:  # no instrument_id set: the first one seen, and it must be the only one
-            if target is None:
-                target = iid
-            elif iid != target:
-                mixed = True
-        if mixed or iid != target:
-            continue
+        self.counts[iid] = self.counts.get(iid, 0) + 1
+        if self.auto:  # no instrument_id set: the first one seen, and it must be the only one
+            if self.target is None:
+                self.target = iid
+            elif iid != self.target:
+                self.mixed = True
+        if self.mixed or iid != self.target:
+            return
         recv = rec.ts_recv
-        if last_recv is not None and recv < last_recv:
-            raise InputError(f"ts_recv goes backwards (record {last_recv_record} has "
-                             f"{last_recv})", file=path, record=index, field="ts_recv",
-                             expected=f">= {last_recv}", got=recv)
-        last_recv, last_recv_record = recv, index
-        if first_ts is None:
-            first_ts = recv
-        last_ts = recv
+        if self.last_recv is not None and recv < self.last_recv:
+            raise InputError(f"ts_recv goes backwards (record {self.last_recv_record} has "
+                             f"{self.last_recv})", file=self.path, record=index, field="ts_recv",
+                             expected=f">= {self.last_recv}", got=recv)
+        self.last_recv, self.last_recv_record = recv, index
+        if self.first_ts is None:
+            self.first_ts = recv
+        self.last_ts = recv
         exch = rec.ts_event
         flags = rec.flags
-        action = rec.action
-        report.count(ACTION_NAMES.get(action, "unknown_action"))
-        if flags & f_bad_book:
+        report.count(ACTION_NAMES.get(rec.action, "unknown_action"))
+        if flags & dbn.F_MAYBE_BAD_BOOK:
             report.count("maybe_bad_book")
-        snap = bool(flags & f_snapshot)
-        if in_snapshot is None:
-            in_snapshot = snap
-            report.has_snapshot = snap
-            if not snap:
-                book.live = True
-        if snap and in_snapshot:
-            report.count("snapshot_records")
-            snap_local = recv
-        elif in_snapshot:  # first live record: the snapshot is complete
-            in_snapshot = False
-            book.live = True
-            book.emit_snapshot(min(snap_local, exch), snap_local)
+        self._track_snapshot(bool(flags & dbn.F_SNAPSHOT), exch, recv)
+        self._apply(index, rec, flags, exch, recv)
 
-        if action is a_trade:
-            if in_snapshot:  # a replay of the book state has no trades to emit
+    def _track_snapshot(self, snap: bool, exch: int, recv: int) -> None:
+        """Note a snapshot record; at the first live record after a snapshot, emit the book."""
+        if self.in_snapshot is None:
+            self.in_snapshot = snap
+            self.report.has_snapshot = snap
+            if not snap:
+                self.book.live = True
+        if snap and self.in_snapshot:
+            self.report.count("snapshot_records")
+            self.snap_local = recv
+        elif self.in_snapshot:  # first live record: the snapshot is complete
+            self.in_snapshot = False
+            self.book.live = True
+            self.book.emit_snapshot(min(self.snap_local, exch), self.snap_local)
+
+    def _apply(self, index: int, rec, flags: int, exch: int, recv: int) -> None:
+        """A record's action on the book (or a trade row)."""
+        book, report, action = self.book, self.report, rec.action
+        if action is _A.TRADE:
+            if self.in_snapshot:  # a replay of the book state has no trades to emit
                 report.count("snapshot_trade_ignored")
-                continue
+                return
             side = _SIDES.get(rec.side)
             if side is None:
                 report.count("trade_no_side")
-                continue
+                return
             if rec.size <= 0:
                 report.repair("trade_zero_size")
-                continue
-            book.trade(side == BID, ticks_of(rec.price, index), rec.size, exch, recv)
-            continue
-        if action is a_clear:
+                return
+            book.trade(side == BID, self.ticks(rec.price, index), rec.size, exch, recv)
+            return
+        if action is _A.CLEAR:
             book.clear(exch, recv)
-            continue
-        if action is not a_add and action is not a_cancel and action is not a_modify:
+            return
+        if action is not _A.ADD and action is not _A.CANCEL and action is not _A.MODIFY:
             if action not in ACTION_NAMES:
-                raise InputError("unknown action", file=path, record=index, field="action",
+                raise InputError("unknown action", file=self.path, record=index, field="action",
                                  expected="one of A C M R T F N", got=str(action))
-            continue  # F fill, N none: no book change
+            return  # F fill, N none: no book change
         side = _SIDES.get(rec.side)
         if side is None:
-            raise InputError("order event without a side", file=path, record=index,
+            raise InputError("order event without a side", file=self.path, record=index,
                              field="side", expected="A (ask) or B (bid)", got=str(rec.side))
         price = rec.price
-        if flags & f_tob:
+        if flags & dbn.F_TOB:
             report.count("top_of_book")
-            if action is a_add:
-                ticks = None if price == undef else ticks_of(price, index)
+            if action is _A.ADD:
+                ticks = None if price == dbn.UNDEF_PRICE else self.ticks(price, index)
                 book.top_of_book(side, ticks, rec.size, exch, recv)
-                continue
-        ticks = ticks_of(price, index)
-        if action is a_add:
+                return
+        ticks = self.ticks(price, index)
+        if action is _A.ADD:
             book.add(rec.order_id, side, ticks, rec.size, exch, recv)
-        elif action is a_cancel:
+        elif action is _A.CANCEL:
             book.cancel(rec.order_id, side, ticks, rec.size, exch, recv)
         else:
             book.modify(rec.order_id, side, ticks, rec.size, exch, recv)
 
-    symbols = _symbols(meta)
-    if mixed:
+
+def _check_instrument(path: Path, replay: _MboReplay, options: DatabentoOptions,
+                      symbols: dict[int, str]) -> None:
+    """Refuse a file of several instruments read without ``instrument_id``, and an
+    ``instrument_id`` the file does not hold."""
+    counts = replay.counts
+    if replay.mixed:
         raise InputError(
             f"the file holds {len(counts)} instruments: {_describe_ids(counts, symbols)}",
             file=path, field="instrument_id",
@@ -523,16 +556,18 @@ def read_databento_mbo(path: Path, instrument: Instrument,
                          f"{found})", file=path, field="instrument_id",
                          expected="an instrument_id of the file (reader: {instrument_id: ...})",
                          got=options.instrument_id)
-    if in_snapshot:  # the file ends inside the snapshot (a book-state-only file)
-        book.live = True
-        book.emit_snapshot(snap_local, snap_local)
+
+
+def _warn(report: ReadReport, replay: _MboReplay) -> None:
+    """The report's counts and warnings of what was skipped, ignored or repaired."""
+    counts, target = replay.counts, replay.target
     if target is not None:
         others = sum(n for i, n in counts.items() if i != target)
         if others:
             report.count("other_instrument", others)
             report.warnings.append(f"{others} record(s) of other instruments skipped "
                                    f"(instrument_id {target} read)")
-    for name, n in sorted(other_types.items()):
+    for name, n in sorted(replay.other_types.items()):
         report.count(f"record_{name}", n)
         report.warnings.append(f"{n} {name} record(s) skipped (not MBO)")
     if not counts:
@@ -554,7 +589,3 @@ def read_databento_mbo(path: Path, instrument: Instrument,
                  "cancel_exceeds_order", "trade_zero_size"):
         if report.repairs.get(kind):
             report.warnings.append(f"{report.repairs[kind]} record(s) repaired: {kind}")
-    events = book.to_array()
-    check_raw_events(events, path, instrument)
-    finish_report(report, events, first_ts, last_ts)
-    return events, report

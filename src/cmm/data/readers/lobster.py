@@ -57,6 +57,7 @@ import re
 import zipfile
 import zlib
 from pathlib import Path
+from typing import NamedTuple
 from zoneinfo import ZoneInfo
 
 import numpy as np
@@ -75,7 +76,7 @@ from cmm.data.events import (
     event_dtype,
 )
 from cmm.data.readers import register_reader
-from cmm.data.readers.bitstamp import finish_report, price_ticks
+from cmm.data.readers.common import finish_report, price_ticks
 from cmm.data.readers.compressed import read_bytes
 from cmm.errors import InputError
 from cmm.vocabulary import ASK, BID
@@ -256,6 +257,82 @@ def read_lobster(path: Path, instrument: Instrument,
     """Read a LOBSTER zip archive, or a message file and its order-book sibling, into raw
     events; see the module docstring."""
     path = Path(path)
+    inputs = _open_inputs(path)
+    msg_file, book_file, name = inputs.msg_file, inputs.book_file, inputs.name
+    to_utc = wall_to_utc_ns(inputs.day, ZoneInfo(EXCHANGE_TZ))
+    report = ReadReport(file=str(path), format="lobster", timestamp_unit="s")
+    tick = instrument.tick_size
+
+    times, mtype, msize, mprice, mdir = _read_messages(msg_file, inputs.msg_bytes, report)
+    n_msg = len(times)
+    book = _read_book(book_file, inputs.book_bytes)
+    if len(book) != n_msg:
+        raise InputError(f"message file has {n_msg} rows but order book file {book_file} has "
+                         f"{len(book)}", file=msg_file, expected="one order-book row per message",
+                         got=len(book))
+    levels = _VisibleBook(book, book_file, tick)
+    m = _LEVELS.search(name)
+    if m and int(m.group(1)) != levels.n_levels:
+        report.warnings.append(f"file name says {m.group(1)} levels, the order book has "
+                               f"{levels.n_levels}")
+    _validate_book(book_file, levels.ask_px, levels.ask_sz, levels.bid_px, levels.bid_sz)
+
+    # -- session cut: [first, last) messages kept; the book row before `first` seeds the book --
+    first, last, cut_open = _session_cut(times, name, options, msg_file, report)
+    seed = first - 1 if first > 0 else 0  # book row that seeds the book
+    seed_ns = cut_open if first > 0 else int(times[0])
+
+    # -- events -------------------------------------------------------------------------------
+    ts_all = np.array([to_utc(int(t)) for t in times[first:last]], np.int64)
+    seed_ts = to_utc(seed_ns)
+    rows: list[tuple[int, int, float, float]] = []
+    levels.seed(rows, seed, seed_ts)
+    prev_row = book[seed]
+    start = first if first > 0 else 1  # without a cut, row 0 is the seed itself
+    if first == 0:
+        _emit_trade(rows, 0, int(mtype[0]), int(mprice[0]), int(msize[0]), int(mdir[0]),
+                    int(ts_all[0]), tick, msg_file, report, insert_at=0)
+    for i in range(start, last):
+        ts = int(ts_all[i - first])
+        _emit_trade(rows, i, int(mtype[i]), int(mprice[i]), int(msize[i]), int(mdir[i]), ts,
+                    tick, msg_file, report)
+        row = book[i]
+        if np.array_equal(row, prev_row):
+            continue
+        prev_row = row
+        levels.update(rows, i, ts)
+    report.has_snapshot = True
+    kept = slice(first, last)
+    for kind, what in ((6, "cross trades (type 6)"), (7, "trading halt messages (type 7)")):
+        count = int((mtype[kept] == kind).sum())
+        if count:
+            report.warnings.append(f"{count} {what} counted but not emitted as events")
+
+    events = np.zeros(len(rows), event_dtype)
+    if rows:
+        arr = np.array(rows, dtype=[("ev", "u8"), ("ts", "i8"), ("px", "f8"), ("qty", "f8")])
+        events["ev"], events["px"], events["qty"] = arr["ev"], arr["px"], arr["qty"]
+        events["exch_ts"] = events["local_ts"] = arr["ts"]
+    check_raw_events(events, path, instrument)
+    finish_report(report, events, seed_ts, int(ts_all[-1]) if len(ts_all) else None)
+    return events, report
+
+
+class _Inputs(NamedTuple):
+    """The two files of a LOBSTER day as read: each one's name for errors (``archive[member]``
+    inside a zip) and bytes, the message file's own name and the trading day it names."""
+
+    msg_file: Path | str
+    msg_bytes: bytes
+    book_file: Path | str
+    book_bytes: bytes
+    name: str
+    day: dt.date
+
+
+def _open_inputs(path: Path) -> _Inputs:
+    """The message and order-book bytes of a LOBSTER zip archive or of a message file and its
+    order-book sibling."""
     if not path.is_file():
         raise InputError("data file not found" if not path.exists()
                          else "not a file (a folder?)", file=path)
@@ -272,27 +349,14 @@ def read_lobster(path: Path, instrument: Instrument,
                              expected=f"the sibling file {book_path.name}")
         msg_bytes, book_bytes = read_bytes(path), read_bytes(book_path)
         msg_file, book_file, name = path, book_path, path.name
-    to_utc = wall_to_utc_ns(day, ZoneInfo(EXCHANGE_TZ))
-    report = ReadReport(file=str(path), format="lobster", timestamp_unit="s")
-    tick = instrument.tick_size
+    return _Inputs(msg_file, msg_bytes, book_file, book_bytes, name, day)
 
-    times, mtype, msize, mprice, mdir = _read_messages(msg_file, msg_bytes, report)
+
+def _session_cut(times: np.ndarray, name: str, options: LobsterOptions, msg_file,
+                 report: ReadReport) -> tuple[int, int, int]:
+    """The messages kept, ``[first, last)``, and the cut's open time (ns after midnight);
+    the dropped messages are counted in the report."""
     n_msg = len(times)
-    book = _read_book(book_file, book_bytes)
-    if len(book) != n_msg:
-        raise InputError(f"message file has {n_msg} rows but order book file {book_file} has "
-                         f"{len(book)}", file=msg_file, expected="one order-book row per message",
-                         got=len(book))
-    n_levels = book.shape[1] // 4
-    m = _LEVELS.search(name)
-    if m and int(m.group(1)) != n_levels:
-        report.warnings.append(f"file name says {m.group(1)} levels, the order book has "
-                               f"{n_levels}")
-    ask_px, ask_sz = book[:, 0::4], book[:, 1::4]
-    bid_px, bid_sz = book[:, 2::4], book[:, 3::4]
-    _validate_book(book_file, ask_px, ask_sz, bid_px, bid_sz)
-
-    # -- session cut: [first, last) messages kept; the book row before `first` seeds the book --
     span = _session_span(name) or (int(times[0]), int(times[-1]) + 1)
     cut_open = span[0] + round(options.skip_open_minutes * 60e9)
     cut_close = span[1] - round(options.skip_close_minutes * 60e9)
@@ -309,59 +373,56 @@ def read_lobster(path: Path, instrument: Instrument,
                              expected=f"cuts shorter than the session "
                              f"({(span[1] - span[0]) / 60e9:.1f} min)",
                              got=f"{options.skip_open_minutes} + {options.skip_close_minutes}")
-    seed = first - 1 if first > 0 else 0  # book row that seeds the book
-    seed_ns = cut_open if first > 0 else int(times[0])
+    return first, last, cut_open
 
-    # -- events -------------------------------------------------------------------------------
-    ts_all = np.array([to_utc(int(t)) for t in times[first:last]], np.int64)
-    seed_ts = to_utc(seed_ns)
-    px_cache: dict[int, float] = {}
-    digits = max(0, -int(np.floor(np.log10(tick)))) + 4
 
-    def ticks_of(p: int, line: int, field: str) -> int:
-        return price_ticks(p / PRICE_SCALE, tick, file=book_file, line=line, field=field)
+class _VisibleBook:
+    """The book rebuilt from LOBSTER's order-book rows (per side: ticks -> size), each row's
+    visible levels diffed against it into depth rows (rules in the module docstring)."""
 
-    def price(t: int) -> float:
-        v = px_cache.get(t)
+    def __init__(self, book: np.ndarray, book_file, tick: float) -> None:
+        self.ask_px, self.ask_sz = book[:, 0::4], book[:, 1::4]
+        self.bid_px, self.bid_sz = book[:, 2::4], book[:, 3::4]
+        self.n_levels = book.shape[1] // 4
+        self.book_file = book_file
+        self.tick = tick
+        self.digits = max(0, -int(np.floor(np.log10(tick)))) + 4
+        self.state: tuple[dict[int, int], dict[int, int]] = ({}, {})  # bid, ask: ticks -> size
+        self._px_cache: dict[int, float] = {}
+
+    def price(self, t: int) -> float:
+        v = self._px_cache.get(t)
         if v is None:
-            v = px_cache[t] = round(t * tick, digits)
+            v = self._px_cache[t] = round(t * self.tick, self.digits)
         return v
 
-    rows: list[tuple[int, int, float, float]] = []
-    state = ({}, {})  # bid, ask: ticks -> size
-
-    def visible(i: int, side: int) -> list[tuple[int, int]]:
-        pxs, szs = (bid_px[i], bid_sz[i]) if side == BID else (ask_px[i], ask_sz[i])
+    def visible(self, i: int, side: int) -> list[tuple[int, int]]:
+        """The (ticks, size) levels of book row ``i`` on ``side``, best first."""
+        pxs, szs = ((self.bid_px[i], self.bid_sz[i]) if side == BID
+                    else (self.ask_px[i], self.ask_sz[i]))
         name = "bid" if side == BID else "ask"
-        return [(ticks_of(int(p), i + 1, f"{name}_price_{j + 1}"), int(q))
+        return [(price_ticks(int(p) / PRICE_SCALE, self.tick, file=self.book_file, line=i + 1,
+                             field=f"{name}_price_{j + 1}"), int(q))
                 for j, (p, q) in enumerate(zip(pxs, szs))
                 if p not in (DUMMY_ASK, DUMMY_BID) and q > 0]
 
-    for side, flag in ((BID, SIDE_FLAG[BID]), (ASK, SIDE_FLAG[ASK])):
-        valid = visible(seed, side)
-        if valid:
-            rows.append((DEPTH_CLEAR_EVENT | flag, seed_ts, price(valid[-1][0]), 0.0))
-            for t, q in valid:
-                rows.append((DEPTH_SNAPSHOT_EVENT | flag, seed_ts, price(t), float(q)))
-                state[side][t] = q
-    prev_row = book[seed]
-    start = first if first > 0 else 1  # without a cut, row 0 is the seed itself
-    if first == 0:
-        _emit_trade(rows, 0, int(mtype[0]), int(mprice[0]), int(msize[0]), int(mdir[0]),
-                    int(ts_all[0]), tick, msg_file, report, insert_at=0)
-    for i in range(start, last):
-        ts = int(ts_all[i - first])
-        _emit_trade(rows, i, int(mtype[i]), int(mprice[i]), int(msize[i]), int(mdir[i]), ts,
-                    tick, msg_file, report)
-        row = book[i]
-        if np.array_equal(row, prev_row):
-            continue
-        prev_row = row
+    def seed(self, rows: list, i: int, ts: int) -> None:
+        """Seed the book from row ``i``: per side a clear and the snapshot rows."""
         for side, flag in ((BID, SIDE_FLAG[BID]), (ASK, SIDE_FLAG[ASK])):
-            valid = visible(i, side)
-            st = state[side]
+            valid = self.visible(i, side)
+            if valid:
+                rows.append((DEPTH_CLEAR_EVENT | flag, ts, self.price(valid[-1][0]), 0.0))
+                for t, q in valid:
+                    rows.append((DEPTH_SNAPSHOT_EVENT | flag, ts, self.price(t), float(q)))
+                    self.state[side][t] = q
+
+    def update(self, rows: list, i: int, ts: int) -> None:
+        """Make the visible range of the book equal to row ``i``, a depth row per change."""
+        for side, flag in ((BID, SIDE_FLAG[BID]), (ASK, SIDE_FLAG[ASK])):
+            valid = self.visible(i, side)
+            st = self.state[side]
             current = dict(valid)
-            if len(valid) == n_levels:
+            if len(valid) == self.n_levels:
                 worst = valid[-1][0]
                 gone = [t for t in st if t not in current
                         and (t >= worst if side == BID else t <= worst)]
@@ -369,26 +430,11 @@ def read_lobster(path: Path, instrument: Instrument,
                 gone = [t for t in st if t not in current]
             for t in sorted(gone, reverse=side == BID):
                 del st[t]
-                rows.append((DEPTH_EVENT | flag, ts, price(t), 0.0))
+                rows.append((DEPTH_EVENT | flag, ts, self.price(t), 0.0))
             for t, q in valid:
                 if st.get(t) != q:
                     st[t] = q
-                    rows.append((DEPTH_EVENT | flag, ts, price(t), float(q)))
-    report.has_snapshot = True
-    kept = slice(first, last)
-    for kind, what in ((6, "cross trades (type 6)"), (7, "trading halt messages (type 7)")):
-        count = int((mtype[kept] == kind).sum())
-        if count:
-            report.warnings.append(f"{count} {what} counted but not emitted as events")
-
-    events = np.zeros(len(rows), event_dtype)
-    if rows:
-        arr = np.array(rows, dtype=[("ev", "u8"), ("ts", "i8"), ("px", "f8"), ("qty", "f8")])
-        events["ev"], events["px"], events["qty"] = arr["ev"], arr["px"], arr["qty"]
-        events["exch_ts"] = events["local_ts"] = arr["ts"]
-    check_raw_events(events, path, instrument)
-    finish_report(report, events, seed_ts, int(ts_all[-1]) if len(ts_all) else None)
-    return events, report
+                    rows.append((DEPTH_EVENT | flag, ts, self.price(t), float(q)))
 
 
 def _emit_trade(rows: list, i: int, kind: int, price_e4: int, size: int, direction: int, ts: int,

@@ -19,7 +19,7 @@ words for the ``actions`` and ``directions`` (e.g. ``order_created``, ``{bid: 0,
 A header, action or side that does not match names the option to set and what was found.
 
 Aggregation, marketable orders and repairs are those of format C
-(:class:`cmm.data.readers.bitstamp.OrderLevelBook`). Differences, all reported:
+(:class:`cmm.data.readers.orderbook.OrderLevelBook`). Differences, all reported:
 
 * There are no trades in this format: the events hold depth only (a report warning says so);
   use format C of the same capture for trade flow.
@@ -41,15 +41,9 @@ import numpy as np
 from cmm.config import Instrument, OrderCsvOptions
 from cmm.data.events import ReadReport, check_raw_events
 from cmm.data.readers import register_reader
-from cmm.data.readers.bitstamp import (
-    SATOSHI_PER_BTC,
-    LineClock,
-    OrderLevelBook,
-    finish_report,
-    parse_number,
-    price_ticks,
-)
+from cmm.data.readers.common import LineClock, finish_report, parse_number, price_ticks
 from cmm.data.readers.compressed import read_bytes
+from cmm.data.readers.orderbook import SATOSHI_PER_BTC, OrderLevelBook
 from cmm.errors import InputError
 from cmm.vocabulary import ASK, BID
 
@@ -61,6 +55,8 @@ COLUMNS = ("id", "timestamp", "exchange.timestamp", "price", "volume", "action",
 ACTIONS = ("created", "changed", "deleted")
 NS_PER = {"s": 10**9, "ms": 10**6, "us": 10**3, "ns": 1}
 INT64_MAX = 2**63 - 1
+# of a size unit, plus float error: base volumes off the reader's grid are refused
+VOLUME_TOLERANCE = 1e-6
 
 
 def _int(text: str, *, file, line, field: str, minimum: int | None = None) -> int:
@@ -144,17 +140,10 @@ def read_order_csv(path: Path, instrument: Instrument,
     f_id, f_ts, f_px, f_vol, f_act, f_dir = (header[i] for i in
                                              (i_id, i_ts, i_px, i_vol, i_act, i_dir))
     f_exch = header[i_exch] if i_exch is not None else None
-    # The file's words -> (canonical action, book operation) and side.
-    acts = options.actions
-    words = {getattr(acts, a).strip(): a for a in ACTIONS}
-    apply_of = {"created": book.create, "changed": book.change, "deleted": book.delete}
-    ops = {w: (a, apply_of[a]) for w, a in words.items()}
-    dirs = options.directions
-    sides = {dirs.bid.strip(): BID, dirs.ask.strip(): ASK}
+    ops, sides = _action_ops(options, book), _side_values(options)
     ns_per = NS_PER[options.time_unit]
     ts_max = INT64_MAX // ns_per
     tick = instrument.tick_size
-    tolerance = 1e-6  # of a size unit, plus float error; base volumes off the grid are refused
     clock = LineClock(path)
     release = book.release_pending
     count = report.count
@@ -178,43 +167,10 @@ def read_order_csv(path: Path, instrument: Instrument,
         oid = _int(row[i_id], file=path, line=lineno, field=f_id)
         px = parse_number(row[i_px], file=path, line=lineno, field=f_px)
         ticks = price_ticks(px, tick, file=path, line=lineno, field=f_px)
-        if base:
-            amount = parse_number(row[i_vol], file=path, line=lineno, field=f_vol)
-            if amount < 0:
-                raise InputError("value out of range", file=path, line=lineno, field=f_vol,
-                                 expected="an amount >= 0", got=row[i_vol])
-            scaled = amount * qty_scale
-            volume = round(scaled)
-            if abs(scaled - volume) > tolerance + 1e-15 * scaled:
-                raise InputError("volume is finer than the reader keeps", file=path,
-                                 line=lineno, field=f_vol,
-                                 expected=f"a multiple of 1e-{int(math.log10(qty_scale))} "
-                                          "base units", got=row[i_vol])
-        else:
-            try:
-                volume = _int(row[i_vol], file=path, line=lineno, field=f_vol, minimum=0)
-            except InputError as exc:
-                if exc.reason != "not an integer":
-                    raise
-                raise InputError("not an integer (satoshi, the default reader.volume_unit; set "
-                                 "it to base in the dataset spec for decimal amounts)",
-                                 file=path, line=lineno, field=f_vol, got=row[i_vol]) from None
-        word = row[i_act].strip()
-        op = ops.get(word)
-        if op is None:
-            raise InputError("unknown action; set reader.actions in the dataset spec to the "
-                             "file's words", file=path, line=lineno, field=f_act,
-                             expected=" / ".join(f"{w!r} ({a})" for w, a in words.items()),
-                             got=word)
-        direction = row[i_dir].strip()
-        side = sides.get(direction)
-        if side is None:
-            raise InputError("unknown direction; set reader.directions in the dataset spec to "
-                             "the file's values", file=path, line=lineno, field=f_dir,
-                             expected=f"{dirs.bid.strip()!r} (bid) / {dirs.ask.strip()!r} (ask)",
-                             got=direction)
+        volume = _volume(row[i_vol], base, qty_scale, file=path, line=lineno, field=f_vol)
+        action, apply = _action(ops, row[i_act], file=path, line=lineno, field=f_act)
+        side = _side(sides, options, row[i_dir], file=path, line=lineno, field=f_dir)
         ts = t * ns_per
-        action, apply = op
         count(action)
         apply(oid, side, ticks, volume, ts)
         release(ts)
@@ -230,3 +186,70 @@ def read_order_csv(path: Path, instrument: Instrument,
     last_ns = None if clock.last is None else clock.last * ns_per
     finish_report(report, events, first_ns, last_ns)
     return events, report
+
+
+def _action_ops(options: OrderCsvOptions, book: OrderLevelBook) -> dict[str, tuple]:
+    """The file's action words -> (canonical action, the book's operation for it)."""
+    acts = options.actions
+    words = {getattr(acts, a).strip(): a for a in ACTIONS}
+    apply_of = {"created": book.create, "changed": book.change, "deleted": book.delete}
+    return {w: (a, apply_of[a]) for w, a in words.items()}
+
+
+def _side_values(options: OrderCsvOptions) -> dict[str, int]:
+    """The file's direction values -> book side."""
+    dirs = options.directions
+    return {dirs.bid.strip(): BID, dirs.ask.strip(): ASK}
+
+
+def _volume(text: str, base: bool, qty_scale: int, *, file, line, field: str) -> int:
+    """An order's remaining volume as an integer of ``1 / qty_scale`` base units: a decimal
+    amount of base units (``base``) or an integer of satoshi."""
+    if base:
+        amount = parse_number(text, file=file, line=line, field=field)
+        if amount < 0:
+            raise InputError("value out of range", file=file, line=line, field=field,
+                             expected="an amount >= 0", got=text)
+        scaled = amount * qty_scale
+        volume = round(scaled)
+        if abs(scaled - volume) > VOLUME_TOLERANCE + 1e-15 * scaled:
+            raise InputError("volume is finer than the reader keeps", file=file,
+                             line=line, field=field,
+                             expected=f"a multiple of 1e-{int(math.log10(qty_scale))} "
+                                      "base units", got=text)
+        return volume
+    try:
+        return _int(text, file=file, line=line, field=field, minimum=0)
+    except InputError as exc:
+        if exc.reason != "not an integer":
+            raise
+        raise InputError("not an integer (satoshi, the default reader.volume_unit; set "
+                         "it to base in the dataset spec for decimal amounts)",
+                         file=file, line=line, field=field, got=text) from None
+
+
+def _action(ops: dict[str, tuple], text: str, *, file, line, field: str) -> tuple:
+    """(canonical action, book operation) of an action cell; an unknown word names the
+    ``reader.actions`` option."""
+    word = text.strip()
+    op = ops.get(word)
+    if op is None:
+        raise InputError("unknown action; set reader.actions in the dataset spec to the "
+                         "file's words", file=file, line=line, field=field,
+                         expected=" / ".join(f"{w!r} ({a})" for w, (a, _) in ops.items()),
+                         got=word)
+    return op
+
+
+def _side(sides: dict[str, int], options: OrderCsvOptions, text: str, *, file, line,
+          field: str) -> int:
+    """The book side of a direction cell; an unknown value names ``reader.directions``."""
+    direction = text.strip()
+    side = sides.get(direction)
+    if side is None:
+        dirs = options.directions
+        raise InputError("unknown direction; set reader.directions in the dataset spec to "
+                         "the file's values", file=file, line=line, field=field,
+                         expected=f"{dirs.bid.strip()!r} (bid) / {dirs.ask.strip()!r} (ask)",
+                         got=direction)
+    return side
