@@ -195,10 +195,6 @@ class DataConfig(FrozenModel):
     reader: ReaderConfig = ReaderConfig()
 
 
-DatasetFormat = Literal["binance", "bitstamp-log", "order-csv", "lobster", "hftbacktest-npz",
-                        "databento-mbo"]
-
-
 # --- Reader options (a dataset spec's ``reader:`` mapping, checked against its format's model) --
 
 
@@ -280,11 +276,18 @@ class OrderCsvOptions(FrozenModel):
     directions: Directions = Directions()
 
 
-READER_OPTIONS: dict[str, type[FrozenModel]] = {
-    "binance": NoReaderOptions, "bitstamp-log": NoReaderOptions, "order-csv": OrderCsvOptions,
-    "lobster": LobsterOptions, "hftbacktest-npz": NoReaderOptions,
-    "databento-mbo": DatabentoOptions,
+# The one table of source formats: each format's reader module (in cmm.data.readers, imported on
+# first use) and the model of its spec's ``reader:`` options. A new source is one row here.
+READER_FORMATS: dict[str, tuple[str, type[FrozenModel]]] = {
+    "binance": ("binance", NoReaderOptions),
+    "bitstamp-log": ("bitstamp", NoReaderOptions),
+    "order-csv": ("ordercsv", OrderCsvOptions),
+    "lobster": ("lobster", LobsterOptions),
+    "hftbacktest-npz": ("npz", NoReaderOptions),
+    "databento-mbo": ("databento", DatabentoOptions),
 }
+DatasetFormat = Literal[tuple(READER_FORMATS)]  # type: ignore[valid-type]
+READER_OPTIONS: dict[str, type[FrozenModel]] = {k: v[1] for k, v in READER_FORMATS.items()}
 
 M = TypeVar("M", bound=BaseModel)
 
