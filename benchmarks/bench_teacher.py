@@ -107,7 +107,7 @@ def main() -> None:
     for key in ("one_thread", "all_threads"):
         lat = latency[key]
         print(f"latency batch 1, {lat['threads']} thread(s), p50/p99 ms: "
-              f"{lat['p50']:.1f} / {lat['p99']:.1f}")
+              f"{lat['p50_ms']:.1f} / {lat['p99_ms']:.1f}")
     print(f"peak memory of this process, MiB: {peak_memory_mib():.0f}")
 
 

@@ -82,7 +82,7 @@ def test_distill_then_moe_end_to_end(teacher_run):
     batch, weights = quoter.predict_batch(x[:5])
     np.testing.assert_allclose(d.predictions, batch[0], rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(weights.sum(-1), 1.0, rtol=1e-5)
-    assert quoter.latency["p50"] > 0
+    assert quoter.latency["p50_us"] > 0
     hajek = next(r for r in report["rows"] if r["model"] == "cmm (hajek)"
                  and r["split"] == "validation")
     assert hajek["parameters"] == quoter.mixture.n_parameters

@@ -144,8 +144,8 @@ def test_run_fit_writes_self_describing_folder(fitted, dataset):
     assert set(report["models"]) == {"teacher", "zero/last", "train-mean", "ridge", "lightgbm"}
     assert set(report["models"]["teacher"]) == {"validation", "test"}
     latency = json.loads((out / "latency.json").read_text())
-    assert latency["one_thread"]["p50"] > 0 and latency["all_threads"]["p99"] >= \
-        latency["all_threads"]["p50"]
+    assert latency["one_thread"]["p50_ms"] > 0 and latency["all_threads"]["p99_ms"] >= \
+        latency["all_threads"]["p50_ms"]
     text = write_comparison(out / "comparison.md", {"teacher": report})
     assert "| ridge |" in text and "### test" in text
 
@@ -253,7 +253,7 @@ def test_teacher_policy_quotes_its_predictions_with_its_latency(fitted, dataset)
     latency = json.loads((out / "latency.json").read_text())
     assert policy.latency_ns == latency["charged_ns"] > 0  # as `cmm run` charges it
     one = get_policy("teacher", {"teacher": str(out), "latency": "one_thread"}).fit(dataset)
-    assert one.latency_ns == int(round(latency["one_thread"]["p50"] * 1e6))
+    assert one.latency_ns == int(round(latency["one_thread"]["p50_ms"] * 1e6))
     n = len(dataset.windows("test"))
     z = np.zeros(n, np.int64)
     plan = DecisionPlan("test", n, np.arange(n), z, z, z, z[:1], z[:1], z[:1])

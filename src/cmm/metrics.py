@@ -138,3 +138,28 @@ def regression_metrics(pred, y, flat_bps: float | None = None, direction: bool =
                 m.update(direction_classes(pred[:, k], y[:, k], flat_bps))
         out[task] = m
     return out
+
+
+# ----------------------------------------------------------------------------- latency
+
+LATENCY_UNITS = ("ns", "us", "ms", "s")
+
+
+def latency_field(stats: dict, name: str, unit: str) -> float | None:
+    """The latency figure ``name`` (``"p50"``, ``"p99"``, ``"mean"``...) of a stored summary
+    ``stats``, in ``unit``: the one reading rule of every latency field. Every latency field's
+    name carries its unit, ``<name>_<unit>`` (``p50_us`` for the Quoter and the RL agent,
+    ``p50_ms`` for the teacher); summaries written before that convention hold the same figure,
+    in the same unit, under the bare ``name`` (their ``"unit"`` field, where they have one,
+    must say that unit). None when neither field is there."""
+    if unit not in LATENCY_UNITS:
+        raise ValueError(f"latency unit {unit!r}: not one of {LATENCY_UNITS}")
+    key = f"{name}_{unit}"
+    if key in stats:
+        return float(stats[key])
+    if name not in stats:
+        return None
+    stored = stats.get("unit", unit)
+    if stored != unit:
+        raise ValueError(f"latency {name!r} is stored in {stored}, asked for in {unit}")
+    return float(stats[name])

@@ -103,6 +103,7 @@ def fit(
 ) -> None:
     """Fit the teacher on the training split (early stopping on validation), then score it and
     the baselines on validation and test, and time its batch-1 decisions."""
+    from cmm.metrics import latency_field
     from cmm.teacher.pipeline import run_fit, shared_baselines, teacher_dir, write_comparison
 
     ds = _dataset(dataset)
@@ -125,11 +126,15 @@ def fit(
             report = run_fit(ds, c, out, on_progress, baselines)
         reports[label] = report
         lat = report["latency_ms"]
+
+        def ms(threads: str, name: str) -> float:
+            return latency_field(lat[threads], name, "ms")
+
         console.print(
             f"  fit {report['fit_seconds']:.0f} s ({report['stopped_by']}), peak memory "
             f"{report['peak_memory_mib']:.0f} MiB, latency p50/p99 "
-            f"{lat['one_thread']['p50']:.1f}/{lat['one_thread']['p99']:.1f} ms (1 thread), "
-            f"{lat['all_threads']['p50']:.1f}/{lat['all_threads']['p99']:.1f} ms "
+            f"{ms('one_thread', 'p50'):.1f}/{ms('one_thread', 'p99'):.1f} ms (1 thread), "
+            f"{ms('all_threads', 'p50'):.1f}/{ms('all_threads', 'p99'):.1f} ms "
             f"({lat['all_threads']['threads']} threads)")
     text = write_comparison(teacher_dir(run_dir, cfg) / "comparison.md", reports)
     console.print(text)

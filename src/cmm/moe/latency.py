@@ -25,9 +25,11 @@ THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
 
 
 def summarise_ns(times_ns: np.ndarray) -> dict:
+    """p50, p99, mean and min of ``times_ns`` in microseconds, each field named with its unit
+    (``p50_us``...: read them with :func:`cmm.metrics.latency_field`), and their count ``n``."""
     t = np.asarray(times_ns, np.float64) / 1e3
-    return {"unit": "us", "p50": float(np.percentile(t, 50)), "p99": float(np.percentile(t, 99)),
-            "mean": float(t.mean()), "min": float(t.min()), "n": int(len(t))}
+    return {"p50_us": float(np.percentile(t, 50)), "p99_us": float(np.percentile(t, 99)),
+            "mean_us": float(t.mean()), "min_us": float(t.min()), "n": int(len(t))}
 
 
 def time_decisions(quoter, windows: np.ndarray, repeats: int = 2000, warmup: int = 200,

@@ -27,7 +27,7 @@ from cmm.config import MoEConfig
 from cmm.distill.pipeline import read_experts
 from cmm.distill.train import load_student
 from cmm.io import atomic_path, write_json
-from cmm.metrics import regression_metrics
+from cmm.metrics import latency_field, regression_metrics
 from cmm.moe.artefact import META_FILE, save_mixture
 from cmm.moe.latency import measure_all_in_subprocess
 from cmm.moe.mixture import MixtureModel, fit_gates
@@ -73,77 +73,18 @@ def run_moe(dataset, experts_dir: str | Path, config: MoEConfig, out_dir: str | 
     torch.manual_seed(config.seed)
     data = {s: (dataset.windows(s), dataset.targets(s), np.asarray(dataset.regimes(s)))
             for s in EVALUATED_SPLITS}
-    rows: list[dict] = []
-    train_mean = np.asarray(meta["y_mean"])
-    for split in EVALUATED_SPLITS:
-        y = data[split][1]
-        rows.append({"model": "train-mean", "variant": "reference", "gate": "", "split": split,
-                     "parameters": 0, "metrics": _metrics(np.tile(train_mean, (len(y), 1)), y)})
-    for split, pred in teacher.items():
-        rows.append({"model": "teacher", "variant": "reference", "gate": "", "split": split,
-                     "parameters": None, "metrics": _metrics(pred, data[split][1])})
+    rows = _reference_rows(meta, teacher, data)
     mixtures: dict[str, dict] = {}
     for i, variant in enumerate(variants):
         if on_progress:
             on_progress("moe", i, len(variants))
-        model = build_mixture(meta, specs, states, variant)
-        multi = any(len(r) > 1 for r in model.routes.values())
-        gates = tuple(config.gates) if multi else ("mean",)
-        model.add_gates(gates, config)
-        x_val, y_val, r_val = data["validation"]
-        fit_record = fit_gates(model, x_val, y_val, r_val, config) if multi else {}
-        params = sum(p.numel() for p in model.students.parameters())
-        for gate in gates:
-            for split in EVALUATED_SPLITS:
-                x, y, r = data[split]
-                pred, weights = model.predict(x, r, gate)
-                full = np.full((len(x), len(TASKS)), np.nan)
-                full[:, [TASKS.index(t) for t in model.tasks]] = pred
-                gate_params = sum(p.numel() for k, g in model.gates.items()
-                                  if k.endswith("/" + gate) for p in g.parameters())
-                rows.append({"model": variant.name if not multi else f"{variant.name} ({gate})",
-                             "variant": variant.name, "kind": variant.kind,
-                             "gate": gate if multi else "", "split": split,
-                             "parameters": params, "gate_parameters": gate_params,
-                             "metrics": _metrics(full, y),
-                             "mean_weights": {t: w.mean(axis=0).round(4).tolist()
-                                              for t, w in weights.items()}})
-        folder = out_dir / variant.name
-        mix_meta = {"variant": variant.name, "variant_kind": variant.kind,
-                    "data": {**meta["data"], "instrument": _instrument(dataset)},
-                    "teacher": meta["teacher"], "groups": meta["groups"],
-                    "assignment": meta["assignment"],
-                    "settings": {"distill": meta["settings"],
-                                 "moe": config.model_dump(mode="json")},
-                    "parameters": {"experts": params, "gates": {
-                        g: sum(p.numel() for k, m in model.gates.items() if k.endswith("/" + g)
-                               for p in m.parameters()) for g in gates}},
-                    "gate_fit": fit_record}
-        save_mixture(folder, model, mix_meta)
-        mixtures[variant.name] = {"folder": str(folder), "gates": list(gates),
-                                  "parameters": params}
+        variant_rows, mixture = _fit_variant(dataset, meta, specs, states, variant, config,
+                                             data, out_dir)
+        rows += variant_rows
+        mixtures[variant.name] = mixture
     latency = None
     if measure_latency and mixtures:
-        # Every mixture's decision time with each of its gates, measured once, here, and kept
-        # in its mixture.json ("latency_by_gate"; "latency": its main gate's): what every
-        # backtest of it charges, so that a rerun of the backtests reproduces their rows.
-        import json
-
-        jobs = [(m["folder"], g) for m in mixtures.values() for g in m["gates"]]
-        measured = measure_all_in_subprocess(jobs, data["validation"][0],
-                                             config.latency_repeats, config.latency_warmup)
-        by_folder: dict[str, dict] = {}
-        for (folder, gate), result in zip(jobs, measured, strict=True):
-            by_folder.setdefault(folder, {})[gate] = result
-        for name, m in mixtures.items():
-            by_gate = by_folder[m["folder"]]
-            main = "hajek" if "hajek" in by_gate else m["gates"][0]
-            path = Path(m["folder"]) / META_FILE
-            mix = json.loads(path.read_text())
-            mix["latency"], mix["latency_by_gate"] = by_gate[main], by_gate
-            write_json(path, mix)
-            if name == "cmm":
-                latency = by_gate[main]
+        latency = _measure_latencies(mixtures, data["validation"][0], config)
     report = {"schema_version": 1, "kind": "cmm.moe.evaluation", "dataset": dataset.name,
               "data_cache_key": dataset.cache_key, "experts_dir": str(experts_dir),
               "teacher_dir": None if teacher_dir is None else str(teacher_dir),
@@ -158,6 +99,102 @@ def run_moe(dataset, experts_dir: str | Path, config: MoEConfig, out_dir: str | 
     with atomic_path(out_dir / "evaluation.md") as tmp:
         tmp.write_text(evaluation_table(report))
     return report
+
+
+def _reference_rows(meta: dict, teacher: dict[str, np.ndarray], data: dict) -> list[dict]:
+    """The evaluation's reference rows: the train mean on every evaluated split, and the
+    teacher's predictions where given."""
+    rows: list[dict] = []
+    train_mean = np.asarray(meta["y_mean"])
+    for split in EVALUATED_SPLITS:
+        y = data[split][1]
+        rows.append({"model": "train-mean", "variant": "reference", "gate": "", "split": split,
+                     "parameters": 0, "metrics": _metrics(np.tile(train_mean, (len(y), 1)), y)})
+    for split, pred in teacher.items():
+        rows.append({"model": "teacher", "variant": "reference", "gate": "", "split": split,
+                     "parameters": None, "metrics": _metrics(pred, data[split][1])})
+    return rows
+
+
+def _gate_parameters(model: MixtureModel, gate: str) -> int:
+    """The parameters of the mixture's gates of kind ``gate`` (one per task)."""
+    return sum(p.numel() for k, g in model.gates.items() if k.endswith("/" + gate)
+               for p in g.parameters())
+
+
+def _fit_variant(dataset, meta: dict, specs, states, variant, config: MoEConfig, data: dict,
+                 out_dir: Path) -> tuple[list[dict], dict]:
+    """One variant: its gates fitted on validation with the experts frozen (a variant with one
+    expert per task needs none: the mean), its evaluation rows, and its mixture saved under
+    ``out_dir/<variant>``; returns the rows and its entry of the report's ``mixtures``."""
+    model = build_mixture(meta, specs, states, variant)
+    multi = any(len(r) > 1 for r in model.routes.values())
+    gates = tuple(config.gates) if multi else ("mean",)
+    model.add_gates(gates, config)
+    x_val, y_val, r_val = data["validation"]
+    fit_record = fit_gates(model, x_val, y_val, r_val, config) if multi else {}
+    params = sum(p.numel() for p in model.students.parameters())
+    rows = _variant_rows(model, variant, gates, multi, params, data)
+    folder = out_dir / variant.name
+    mix_meta = {"variant": variant.name, "variant_kind": variant.kind,
+                "data": {**meta["data"], "instrument": _instrument(dataset)},
+                "teacher": meta["teacher"], "groups": meta["groups"],
+                "assignment": meta["assignment"],
+                "settings": {"distill": meta["settings"],
+                             "moe": config.model_dump(mode="json")},
+                "parameters": {"experts": params,
+                               "gates": {g: _gate_parameters(model, g) for g in gates}},
+                "gate_fit": fit_record}
+    save_mixture(folder, model, mix_meta)
+    return rows, {"folder": str(folder), "gates": list(gates), "parameters": params}
+
+
+def _variant_rows(model: MixtureModel, variant, gates: tuple[str, ...], multi: bool,
+                  params: int, data: dict) -> list[dict]:
+    """Per gate and evaluated split, the variant's MSE and R² per target (NaN for a target it
+    does not predict) and its mean expert weights."""
+    rows = []
+    for gate in gates:
+        for split in EVALUATED_SPLITS:
+            x, y, r = data[split]
+            pred, weights = model.predict(x, r, gate)
+            full = np.full((len(x), len(TASKS)), np.nan)
+            full[:, [TASKS.index(t) for t in model.tasks]] = pred
+            rows.append({"model": variant.name if not multi else f"{variant.name} ({gate})",
+                         "variant": variant.name, "kind": variant.kind,
+                         "gate": gate if multi else "", "split": split,
+                         "parameters": params, "gate_parameters": _gate_parameters(model, gate),
+                         "metrics": _metrics(full, y),
+                         "mean_weights": {t: w.mean(axis=0).round(4).tolist()
+                                          for t, w in weights.items()}})
+    return rows
+
+
+def _measure_latencies(mixtures: dict[str, dict], x_val: np.ndarray,
+                       config: MoEConfig) -> dict | None:
+    """Every mixture's decision time with each of its gates, measured once, here, and kept in
+    its mixture.json ("latency_by_gate"; "latency": its main gate's): what every backtest of
+    it charges, so that a rerun of the backtests reproduces their rows. Returns CMM's (None
+    without a ``cmm`` variant)."""
+    import json
+
+    jobs = [(m["folder"], g) for m in mixtures.values() for g in m["gates"]]
+    measured = measure_all_in_subprocess(jobs, x_val, config.latency_repeats,
+                                         config.latency_warmup)
+    by_folder: dict[str, dict] = {}
+    for (folder, gate), result in zip(jobs, measured, strict=True):
+        by_folder.setdefault(folder, {})[gate] = result
+    latency = None
+    for name, m in mixtures.items():
+        by_gate = by_folder[m["folder"]]
+        main = "hajek" if "hajek" in by_gate else m["gates"][0]
+        path = Path(m["folder"]) / META_FILE
+        mix = json.loads(path.read_text())
+        mix["latency"], mix["latency_by_gate"] = by_gate[main], by_gate
+        write_json(path, mix)
+        if name == "cmm":
+            latency = by_gate[main]
+    return latency
 
 
 def _instrument(dataset) -> dict:
@@ -202,5 +239,6 @@ def evaluation_table(report: dict) -> str:
     lat = report.get("latency")
     if lat:
         note += (f"\nCMM decision latency (Quoter.decide, batch 1, one thread): p50 "
-                 f"{lat['p50']:.1f} us, p99 {lat['p99']:.1f} us over {lat['n']} decisions.\n")
+                 f"{latency_field(lat, 'p50', 'us'):.1f} us, p99 "
+                 f"{latency_field(lat, 'p99', 'us'):.1f} us over {lat['n']} decisions.\n")
     return head + "\n".join(lines) + "\n" + note

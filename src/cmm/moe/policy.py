@@ -23,6 +23,7 @@ import numpy as np
 
 from cmm.config import CmmPolicyConfig
 from cmm.errors import InputError
+from cmm.metrics import latency_field
 from cmm.strategy.policy import DecisionPlan, Policy, Predictions, register_policy
 
 if TYPE_CHECKING:
@@ -35,9 +36,11 @@ def stored_latency(meta: dict, gate: str) -> int | None:
     """The decision time (ns, one-thread p50) measured for ``gate`` when the mixture whose
     ``mixture.json`` is ``meta`` was made (``latency_by_gate``), else its one stored figure
     (``latency``: mixtures of older versions stored the main gate's alone); None when the
-    mixture was saved unmeasured."""
+    mixture was saved unmeasured. The figure is ``p50_us`` (``p50`` in older mixtures,
+    :func:`cmm.metrics.latency_field`)."""
     got = (meta.get("latency_by_gate") or {}).get(gate) or meta.get("latency") or {}
-    return int(got["p50"] * 1e3) if "p50" in got else None
+    p50_us = latency_field(got, "p50", "us")
+    return None if p50_us is None else int(p50_us * 1e3)
 
 
 def mixture_latency_ns(folder: str | Path, meta: dict, gate: str, ds: PreparedDataset,
@@ -65,7 +68,7 @@ def mixture_latency_ns(folder: str | Path, meta: dict, gate: str, ds: PreparedDa
     if stored is None:
         log.warning("%s: no stored latency for gate %s; measuring it", folder, gate)
     measured = measure_in_subprocess(folder, ds.windows("validation"), repeats, warmup, gate)
-    return int(measured["p50"] * 1e3)
+    return int(latency_field(measured, "p50", "us") * 1e3)
 
 
 @register_policy("cmm")

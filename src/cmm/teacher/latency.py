@@ -14,6 +14,7 @@ import time
 import numpy as np
 import torch
 
+from cmm.metrics import latency_field
 from cmm.teacher.model import TeacherModel
 
 
@@ -38,10 +39,12 @@ def _time_decisions(model: TeacherModel, windows: np.ndarray, repeats: int, warm
 
 def measure_latency(model: TeacherModel, windows: np.ndarray, repeats: int = 200,
                     warmup: int = 10) -> dict:
-    """p50/p99/mean decision time in milliseconds on one thread and on all threads."""
+    """p50/p99/mean decision time in milliseconds on one thread and on all threads, each
+    field named with its unit (``p50_ms``, ``p99_ms``, ``mean_ms``: read them with
+    :func:`cmm.metrics.latency_field`), and the ``charged_ns`` of :func:`charged_ns`."""
     model.eval()
     before = torch.get_num_threads()
-    out: dict = {"unit": "ms", "batch": 1, "repeats": repeats, "warmup": warmup,
+    out: dict = {"batch": 1, "repeats": repeats, "warmup": warmup,
                  "cpu": platform.processor() or platform.machine(),
                  "device": str(next(model.adapter.parameters()).device)}
     all_threads = os.cpu_count() or 1
@@ -49,8 +52,9 @@ def measure_latency(model: TeacherModel, windows: np.ndarray, repeats: int = 200
         for label, n in (("one_thread", 1), ("all_threads", all_threads)):
             torch.set_num_threads(n)
             t = _time_decisions(model, windows, repeats, warmup) / 1e6
-            out[label] = {"threads": n, "p50": float(np.percentile(t, 50)),
-                          "p99": float(np.percentile(t, 99)), "mean": float(t.mean())}
+            p50, p99 = float(np.percentile(t, 50)), float(np.percentile(t, 99))
+            out[label] = {"threads": n, "p50_ms": p50, "p99_ms": p99,
+                          "mean_ms": float(t.mean())}
     finally:
         torch.set_num_threads(before)
     out["charged_ns"] = charged_ns(out)
@@ -59,5 +63,6 @@ def measure_latency(model: TeacherModel, windows: np.ndarray, repeats: int = 200
 
 def charged_ns(measured: dict) -> int:
     """What the backtest charges the teacher, from :func:`measure_latency`'s answer: the
-    all-threads median (the deployment setting), truncated to whole ns."""
-    return int(measured["all_threads"]["p50"] * 1e6)
+    all-threads median (the deployment setting), truncated to whole ns. ``measured`` may be an
+    older ``latency.json`` (bare ``p50``, :func:`cmm.metrics.latency_field`)."""
+    return int(latency_field(measured["all_threads"], "p50", "ms") * 1e6)

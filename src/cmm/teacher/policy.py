@@ -21,6 +21,7 @@ import numpy as np
 from cmm.config import TeacherPolicyConfig
 from cmm.errors import InputError
 from cmm.io import reading
+from cmm.metrics import latency_field
 from cmm.strategy.policy import DecisionPlan, Policy, Predictions, register_policy
 from cmm.teacher.latency import charged_ns
 from cmm.teacher.store import LATENCY_FILE, StaleArtefactError, check_data, read_meta
@@ -48,7 +49,11 @@ def teacher_latency_ns(folder: str | Path, latency_ns: int | None = None,
     with reading(path):
         measured = json.loads(path.read_text())
     if threads is not None:
-        return int(round(measured[threads]["p50"] * 1e6))
+        p50_ms = latency_field(measured.get(threads) or {}, "p50", "ms")
+        if p50_ms is None:
+            raise InputError(f"the teacher's latency has no {threads} median; run "
+                             "`cmm teacher fit` again or set latency_ns", file=path)
+        return int(round(p50_ms * 1e6))
     if "charged_ns" in measured:  # what cmm.teacher.latency.measure_latency stored
         return int(measured["charged_ns"])
     return charged_ns(measured)  # a file written before charged_ns was stored
