@@ -69,7 +69,7 @@ def test_cmm_backtest_and_cmm_run_write_the_same_files_and_columns(fixed_result,
     from typer.testing import CliRunner
 
     from cmm.cli import app
-    from cmm.pipeline.run import _replay
+    from cmm.pipeline.policies import replay as _replay
 
     ds, policy, _ = fixed_result
     cfg = tmp_path / "bt.yaml"
@@ -126,7 +126,7 @@ def test_the_teacher_is_charged_its_all_threads_median(teacher_dir):
 
 def test_cmm_run_and_cmm_backtest_charge_the_teacher_alike(teacher_dir, monkeypatch):
     import cmm.teacher.policy as tp
-    from cmm.pipeline.run import _build_policy
+    from cmm.pipeline.policies import build_policy as _build_policy
 
     spec = PolicySpec("teacher", "teacher LLM", "teacher", "teacher")
     ds = SimpleNamespace()
@@ -171,7 +171,7 @@ def test_a_mixture_is_charged_its_stored_one_thread_median(tmp_path, monkeypatch
 
 def test_cmm_run_and_cmm_backtest_charge_a_mixture_alike(tmp_path, monkeypatch):
     from cmm.moe.quoter import Quoter
-    from cmm.pipeline.run import _build_policy
+    from cmm.pipeline.policies import build_policy as _build_policy
 
     folder = tmp_path / "moe" / "cmm"
     folder.mkdir(parents=True)

@@ -78,7 +78,8 @@ def test_whole_pipeline_writes_a_complete_report(tiny_run):
 
 @pytest.mark.slow  # a whole pipeline run
 def test_overview_puts_markets_side_by_side(tiny_run):
-    from cmm.report.render import _overview_blocks, fmt
+    from cmm.report.blocks import fmt
+    from cmm.report.overview import overview_blocks as _overview_blocks
 
     manifest = json.loads((tiny_run / "manifest.json").read_text())
     tables = _tables(tiny_run)["tables"]

@@ -8,7 +8,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from cmm.report.render import Block, _html, _md, fmt
+from cmm.report.blocks import Block, fmt
+from cmm.report.render import _html, _md
 from cmm.report.tables import PolicyResult, missing_cells
 
 
@@ -71,7 +72,7 @@ def test_writers_render_the_same_blocks(tmp_path):
 
 
 def test_epnl_ranks_per_market_leave_out_the_oracle_and_missing_rows():
-    from cmm.report.render import epnl_ranks
+    from cmm.report.overview import epnl_ranks
 
     def row(slug, epnl):
         return {"slug": slug, "EPnL": {"mean": epnl}}

@@ -7,18 +7,17 @@ import importlib.util
 from pathlib import Path
 
 from cmm.backtest.stats import PairedDifference
-from cmm.report.render import (
+from cmm.report.answer import (
     ANSWER_HEADERS,
-    _doc,
-    _md,
-    _teacher_pair_blocks,
     answer_blocks,
     answer_parts,
     answer_row,
     answer_sentence,
-    paired_sentence,
-    verdict_clause,
 )
+from cmm.report.overview import _teacher_pair_blocks
+from cmm.report.paired import paired_sentence, verdict_clause
+from cmm.report.render import _md
+from cmm.report.sections import document as _doc
 
 LABELS = {"cmm": "CMM (Hájek-MoE)", "teacher": "teacher LLM", "fixed": "fixed spread",
           "as": "Avellaneda-Stoikov", "ridge": "ridge (hand features)",

@@ -12,7 +12,7 @@ import polars as pl
 import pytest
 
 from cmm.backtest.stats import PairedDifference, paired_difference
-from cmm.report.render import paired_sentence, verdict_clause
+from cmm.report.paired import paired_sentence, verdict_clause
 from cmm.report.tables import PolicyResult, compare, paired_episodes
 
 DS = "tiny-btcusdt"
@@ -100,7 +100,7 @@ def test_gross_epnl_when_the_backtest_records_it():
 
 
 def test_rl_sim_gap_table_when_present_and_silent_when_absent(tmp_path):
-    from cmm.report.render import _rl_gap_blocks
+    from cmm.report.sections import _rl_gap_blocks
     from cmm.report.tables import _rl_sim_gap
 
     manifest = {"seeds": [0, 1], "config": {"rl": ["ppo"]}}
@@ -279,7 +279,7 @@ def test_tables_pair_seeds_with_one_replay_and_add_the_base_tier(tmp_path):
 
 
 def test_prediction_sentence_names_models_below_the_train_mean():
-    from cmm.report.render import _below_train_mean
+    from cmm.report.teacher import _below_train_mean
 
     def row(model, label, **r2):
         return {"model": model, "label": label,

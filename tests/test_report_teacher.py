@@ -7,14 +7,14 @@ import json
 from pathlib import Path
 
 from cmm.report import figures as FIG
-from cmm.report.render import (
-    _learning_blocks,
-    _prediction_blocks,
+from cmm.report.teacher import (
     assignment_cell,
     learning_sentence,
     teacher_fit_groups,
     teacher_verdict,
 )
+from cmm.report.teacher import learning_blocks as _learning_blocks
+from cmm.report.teacher import prediction_blocks as _prediction_blocks
 
 
 def _check(step: int, val: float, train: float | None = 1.0) -> dict:
@@ -214,7 +214,7 @@ def test_assignment_cell_shows_stability_only_when_recorded():
 
 
 def _section(tmp_path: Path, note: str | None) -> list:
-    from cmm.report.render import _dataset_blocks
+    from cmm.report.sections import _dataset_blocks
 
     run = tmp_path / "run"
     _teacher_folder(run / "btc" / "seed0" / "teacher", _fit([2.0, 1.0, 0.9], "epochs"))
@@ -246,7 +246,7 @@ def test_dataset_section_has_note_verdict_and_learning_curves(tmp_path):
 
 
 def test_a_flat_curve_has_plateaued_and_the_variant_is_named():
-    from cmm.report.render import learning_sentence, what_trains
+    from cmm.report.teacher import learning_sentence, what_trains
 
     flat = [{"step": 13 * i, "val_loss": 0.5710 - 1e-5 * (i % 2), "train_loss": 0.7,
              "epoch": i / 4} for i in range(8)]

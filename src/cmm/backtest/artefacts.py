@@ -10,7 +10,7 @@ A backtest folder holds
   ``pnl_base`` (the net PnL at the base fee tier) when the replay charged another tier;
 - ``records.parquet``: one row per decision; ``fills.parquet``: one row per fill.
 
-The report reads these files (:mod:`cmm.report.tables`, :mod:`cmm.report.render`). Each file is
+The report reads these files (:mod:`cmm.report.tables`, :mod:`cmm.report.sections`). Each file is
 written atomically, so a reader never sees half of one.
 """
 

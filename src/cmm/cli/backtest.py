@@ -232,14 +232,33 @@ def backtest(
     with the taker fee. Prints net
     (and, where available, gross) EPnL and each policy's paired difference to the baseline; the
     comparison is also written under `paired` in each policy's metrics.json."""
-    from cmm.backtest.artefacts import write_backtest
-    from cmm.backtest.plots import plot_episode
-    from cmm.backtest.runner import run_backtest
-    from cmm.config import BacktestRunConfig, load_yaml_model
     from cmm.data.prepare import prepare_dataset
+
+    run_cfg, bt_cfg = _run_config(config, episode_s)
+    names, base_name = _policy_names(policy, out, baseline)
+    # before the (slow) data preparation: unknown names fail fast
+    policies = _build_policies(names, run_cfg, latency_ms)
+    ds = prepare_dataset(dataset, cache_dir=cache_dir)
+    runs = []
+    for name, pol in policies.items():
+        runs.append(_replay_policy(ds, name, pol, split, run_cfg, bt_cfg, out, plots))
+    if len(runs) > 1:
+        _write_paired(runs, base_name)
+    console.print(metrics_table(runs, base_name if len(runs) > 1 else None))
+    for line in paired_lines(runs):
+        console.print(line, highlight=False)
+    for r in runs:
+        console.print(f"{r['metrics']['policy']}: {r['folder']}")
+    for r in runs:
+        for w in r["warnings"]:
+            console.print(f"[yellow]warning:[/yellow] {w}", highlight=False)
+
+
+def _run_config(config: Path | None, episode_s: float | None) -> tuple:
+    """The command's settings (``--config``'s YAML, else the defaults) and its backtest
+    settings with ``--episode-s`` in."""
+    from cmm.config import BacktestRunConfig, load_yaml_model
     from cmm.errors import InputError
-    from cmm.io import atomic_dir, write_json
-    from cmm.strategy.policy import get_policy
 
     run_cfg = load_yaml_model(BacktestRunConfig, config) if config else BacktestRunConfig()
     bt_cfg = run_cfg.backtest
@@ -247,6 +266,14 @@ def backtest(
         if episode_s <= 0:
             raise InputError("episode length must be > 0", field="--episode-s", got=episode_s)
         bt_cfg = bt_cfg.model_copy(update={"episode_s": episode_s})
+    return run_cfg, bt_cfg
+
+
+def _policy_names(policy: str, out: Path | None, baseline: str | None) -> tuple[list[str], str]:
+    """The policies ``--policy`` names (each once, in order) and the baseline, checked against
+    ``--out`` and ``--baseline``."""
+    from cmm.errors import InputError
+
     names = list(dict.fromkeys(n.strip() for n in policy.split(",") if n.strip()))
     if not names:
         raise InputError("no policy named", field="--policy", got=policy)
@@ -256,49 +283,63 @@ def backtest(
     if baseline is not None and baseline not in names:
         raise InputError("the baseline must be one of the policies backtested",
                          field="--baseline", expected=", ".join(names), got=baseline)
-    base_name = baseline or names[0]
+    return names, baseline or names[0]
+
+
+def _build_policies(names: list[str], run_cfg, latency_ms: float | None) -> dict:
+    """Per name, the registry's policy with its settings from the config (``--latency-ms``
+    replacing its latency), not yet fitted."""
+    from cmm.errors import InputError
+    from cmm.strategy.policy import get_policy
+
     if latency_ms is not None and latency_ms < 0:
         raise InputError("latency must be >= 0", field="--latency-ms", got=latency_ms)
     policies = {}
-    for name in names:  # before the (slow) data preparation: unknown names fail fast
+    for name in names:
         settings = dict(run_cfg.policies.get(name, {}))
         if latency_ms is not None:
             settings["latency_ns"] = int(round(latency_ms * 1e6))
         policies[name] = get_policy(name, settings or None)
-    ds = prepare_dataset(dataset, cache_dir=cache_dir)
-    runs = []
-    for name, pol in policies.items():
-        with console.status(f"fitting {name} on train"):
-            pol.fit(ds)
-        with console.status(f"replaying {ds.name} {split} with {name}"):
-            result = run_backtest(ds, pol, split, ladder=run_cfg.ladder, config=bt_cfg)
-        folder = out or Path("runs/backtest") / f"{ds.name}-{name}"
-        gate = getattr(pol.config, "gate", None)
-        with atomic_dir(folder) as tmp:
-            # the files of `cmm run`'s backtests, by the same function; the pictures are ours
-            written = write_backtest(tmp, result, policy=_policy_record(name, gate),
-                                     latency_ns=pol.latency_ns, gate=gate)
-            if plots:
-                for e in result.episodes["episode"].to_list():
-                    plot_episode(result, e, tmp / f"episode_{e:03d}.png")
-        metrics, payload = written.metrics, written.payload
-        values = episode_values(written.episodes, result)
-        gross = (_mean_std(values["gross_pnl"].to_numpy())
-                 if "gross_pnl" in values.columns else None)
-        runs.append({"name": name, "metrics": metrics, "latency_ns": pol.latency_ns,
-                     "wall_s": result.wall_s, "folder": folder, "warnings": result.warnings,
-                     "values": values, "gross": gross, "payload": payload})
-        del result
-    if len(runs) > 1:
-        paired = paired_to_baseline({r["name"]: r["values"] for r in runs}, base_name)
-        for r in runs:  # each policy's metrics.json gets its comparison with the baseline
-            r["paired"] = paired[r["name"]]
-            write_json(Path(r["folder"]) / "metrics.json", {**r["payload"], "paired": r["paired"]})
-    console.print(metrics_table(runs, base_name if len(runs) > 1 else None))
-    for line in paired_lines(runs):
-        console.print(line, highlight=False)
-    for r in runs:
-        console.print(f"{r['metrics']['policy']}: {r['folder']}")
-    for r in runs:
-        for w in r["warnings"]:
-            console.print(f"[yellow]warning:[/yellow] {w}", highlight=False)
+    return policies
+
+
+def _replay_policy(ds, name: str, pol, split: str, run_cfg, bt_cfg, out: Path | None,
+                   plots: bool) -> dict:
+    """Fit ``pol`` on train, replay it on ``split`` and write its folder (the files of `cmm
+    run`'s backtests, and one PNG per episode with ``plots``); what the table and the
+    comparisons read of it."""
+    from cmm.backtest.artefacts import write_backtest
+    from cmm.backtest.plots import plot_episode
+    from cmm.backtest.runner import run_backtest
+    from cmm.io import atomic_dir
+
+    with console.status(f"fitting {name} on train"):
+        pol.fit(ds)
+    with console.status(f"replaying {ds.name} {split} with {name}"):
+        result = run_backtest(ds, pol, split, ladder=run_cfg.ladder, config=bt_cfg)
+    folder = out or Path("runs/backtest") / f"{ds.name}-{name}"
+    gate = getattr(pol.config, "gate", None)
+    with atomic_dir(folder) as tmp:
+        # the files of `cmm run`'s backtests, by the same function; the pictures are ours
+        written = write_backtest(tmp, result, policy=_policy_record(name, gate),
+                                 latency_ns=pol.latency_ns, gate=gate)
+        if plots:
+            for e in result.episodes["episode"].to_list():
+                plot_episode(result, e, tmp / f"episode_{e:03d}.png")
+    metrics, payload = written.metrics, written.payload
+    values = episode_values(written.episodes, result)
+    gross = (_mean_std(values["gross_pnl"].to_numpy())
+             if "gross_pnl" in values.columns else None)
+    return {"name": name, "metrics": metrics, "latency_ns": pol.latency_ns,
+            "wall_s": result.wall_s, "folder": folder, "warnings": result.warnings,
+            "values": values, "gross": gross, "payload": payload}
+
+
+def _write_paired(runs: list[dict], base_name: str) -> None:
+    """Each run's comparison with the baseline, in ``runs`` and in its metrics.json."""
+    from cmm.io import write_json
+
+    paired = paired_to_baseline({r["name"]: r["values"] for r in runs}, base_name)
+    for r in runs:  # each policy's metrics.json gets its comparison with the baseline
+        r["paired"] = paired[r["name"]]
+        write_json(Path(r["folder"]) / "metrics.json", {**r["payload"], "paired": r["paired"]})

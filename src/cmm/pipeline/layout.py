@@ -78,6 +78,9 @@ CONTROL = "control"  # <seed>/control/: CMM distilled from the random-init teach
 # (test predictions only) and the control's teacher when CMM is distilled from it too
 TEACHER_NAMES = ("teacher", "teacher-random", f"{CONTROL}/teacher")
 SCENARIOS = ("backtest", "crash")  # a replay of the test split as recorded, or flash-crashed
+# the report's two documents, in the report stage's folder and, as copies, in the run folder
+REPORT_MD = "report.md"
+REPORT_HTML = "report.html"
 
 
 class RunLayout:
@@ -96,6 +99,13 @@ class RunLayout:
         ``teacher.seeds`` existed: one teacher per seed, in the seed's folder)."""
         return cls(run_dir, {"seeds": manifest["seeds"],
                              "teacher": (manifest.get("config") or {}).get("teacher") or {}})
+
+    @classmethod
+    def read(cls, run_dir: str | Path) -> RunLayout:
+        """The layout of an existing run folder before its manifest is read: no configuration,
+        which the run's own files (:attr:`manifest`...) and the report's folder do not need;
+        the teachers' folders do (:meth:`of_manifest`, once the manifest is read)."""
+        return cls(run_dir, None)
 
     # the run's own files
     @property
@@ -119,6 +129,17 @@ class RunLayout:
         """The report stage's folder (``report.md``, ``report.html`` and ``figures/``; the
         run folder holds copies of the two reports)."""
         return self.run_dir / "report"
+
+    @property
+    def report_md(self) -> Path:
+        """The run folder's copy of the report stage's ``report.md`` (its figure links
+        relative to the run folder)."""
+        return self.run_dir / REPORT_MD
+
+    @property
+    def report_html(self) -> Path:
+        """The run folder's copy of the report stage's ``report.html``."""
+        return self.run_dir / REPORT_HTML
 
     # per dataset
     def dataset(self, d_slug: str) -> Path:

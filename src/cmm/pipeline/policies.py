@@ -1,4 +1,4 @@
-"""Which policies a run backtests, under which names, and how each is built.
+"""Which policies a run backtests, under which names, how each is built, and its replay.
 
 Three sources:
 
@@ -22,16 +22,28 @@ False) and paired with every seed's learned policies on the same episodes.
 The price of latency (method.md, "Backtest and metrics") adds two replays per seed: the teacher
 charged no latency (``latency`` "zero", a hypothetical instant LLM) and CMM charged the
 teacher's latency (``latency`` "teacher").
+
+A backtest stage builds its policy (:func:`build_policy`) and replays it on the test split
+(:func:`replay`), writing the files ``cmm backtest`` writes; the stage's code version follows
+this module (:data:`cmm.codeversion.STAGE_ENTRIES`), so what a replay runs lives here.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
 
 from cmm.config import RunConfig
+from cmm.io import atomic_path, reading, write_json
+
+log = logging.getLogger("cmm.run")  # the run's logger: its warnings go to logs/run.log
 
 Source = Literal["registry", "teacher", "mixture"]
+SPLIT = "test"  # the split every replay of a run is of
 
 LABELS = {
     "teacher": "teacher LLM", "teacher-random": "teacher LLM (random-init backbone)",
@@ -152,3 +164,121 @@ def policy_specs(config: RunConfig, available: list[str]) -> tuple[list[PolicySp
                        main_gate, latency="teacher"))]
     tables["crash"] = crash if config.robustness.flash_crash is not None else []
     return list(specs.values()), tables, skipped
+
+
+# ------------------------------------------------------------------- building and replaying
+
+
+def run_seed(c: RunConfig) -> int:
+    """The run seed of a :func:`cmm.pipeline.run.seeded` configuration (its students'; its
+    teacher's may be shared with other run seeds): it seeds the learned policies and names a
+    seeded replay."""
+    return c.distill.train.seed
+
+
+def build_policy(spec: PolicySpec, ds, target, c: RunConfig, chain: dict, settings: dict,
+                 latency_ns: int | None) -> tuple[Any, dict]:
+    """The fitted policy for ``spec`` and anything extra to save beside its backtest."""
+    import json
+
+    from cmm.strategy.policy import PrecomputedPolicy, Predictions, get_policy
+
+    if spec.source == "registry":
+        policy = get_policy(spec.name, settings or None)
+        if spec.seeded and policy.config is not None \
+                and "seed" in type(policy.config).model_fields and "seed" not in settings:
+            policy = get_policy(spec.name, {**settings, "seed": run_seed(c)})
+        return policy.fit(ds), {}
+    if spec.source == "teacher":
+        t_dir = Path(chain["teacher_dir"])
+        if target is ds and (t_dir / "features" / "test.safetensors").is_file():
+            from cmm.teacher.features import load_features
+
+            pred = load_features(t_dir, SPLIT, ds).pred.astype(np.float64)
+        elif target is ds and (t_dir / "test_predictions.npy").is_file():
+            pred = np.load(t_dir / "test_predictions.npy")
+        else:
+            from cmm.teacher.pipeline import teacher_predict
+
+            pred = teacher_predict(t_dir, ds, target.windows(SPLIT), c.teacher.infer_batch_size,
+                                   c.teacher.device)
+        from cmm.teacher.policy import teacher_latency_ns
+
+        # the rule of `cmm backtest --policy teacher` too: measured when the teacher was fitted
+        latency_ns = teacher_latency_ns(t_dir, _given(latency_ns, settings))
+        policy = PrecomputedPolicy({SPLIT: Predictions.from_array(pred)}, latency_ns,
+                                   name=spec.slug)
+        return policy, {}
+    # a mixture through the `cmm` policy
+    from cmm.moe.policy import CmmPolicy, mixture_latency_ns  # registers "cmm"
+
+    folder = Path(chain["moe_dir"]) / spec.name
+    with reading(folder / "mixture.json"):
+        meta = json.loads((folder / "mixture.json").read_text())
+    gates = list(meta.get("gates", {})) or chain.get("gates", {}).get(spec.name, ["mean"])
+    gate = spec.gate if spec.gate in gates else ("hajek" if "hajek" in gates else gates[0])
+    # the rule of `cmm backtest --policy cmm` too: measured when the mixture stage made it
+    latency_ns = mixture_latency_ns(folder, meta, gate, ds, _given(latency_ns, settings),
+                                    repeats=c.moe.latency_repeats, warmup=c.moe.latency_warmup)
+    policy = CmmPolicy(CmmPolicy.config_class(artefact=str(folder), gate=gate,
+                                              latency_ns=latency_ns))
+    policy.fit(ds)
+    policy.name = spec.slug
+    return policy, {"gate": gate, "weights": spec.slug == "cmm" and target is ds}
+
+
+def _given(latency_ns: int | None, settings: dict) -> int | None:
+    """The latency a replay is told to charge: ``latency_ns`` (a crash replay: its original's),
+    else the settings' (the price of latency, ``policy_settings``); None: the policy's own."""
+    return latency_ns if latency_ns is not None else settings.get("latency_ns")
+
+
+def replay(policy, target, c: RunConfig, out: Path, spec: PolicySpec, extra: dict) -> dict:
+    """Replay ``policy`` on the test split of ``target`` and write its backtest's files to
+    ``out`` (those of `cmm backtest`; CMM's expert weights too, where ``extra`` asks); the
+    stage's result."""
+    from cmm.backtest.artefacts import write_backtest
+    from cmm.backtest.runner import run_backtest
+
+    result = run_backtest(target, policy, SPLIT, ladder=c.ladder, config=c.backtest)
+    for w in result.warnings:
+        log.warning(w)
+    # the files `cmm backtest` writes too, by the same function
+    metrics = write_backtest(out, result, policy=spec.to_json(), latency_ns=policy.latency_ns,
+                             gate=extra.get("gate")).metrics
+    if extra.get("weights"):
+        _save_weights(policy, target, out)
+    return {"latency_ns": int(policy.latency_ns), "EPnL": metrics["EPnL"],
+            "episodes": metrics["episodes"], "gate": extra.get("gate")}
+
+
+def _save_weights(policy, ds, out: Path) -> None:
+    """The mixture's per-decision expert weights on the test split, with each sample's time and
+    regime (the report's "expert weights over time" figure), and its test prediction metrics
+    as the teacher's evaluation computes them, up/flat/down of the mid included
+    (``prediction.json``: the report's prediction table)."""
+    from cmm.teacher.evaluate import regression_metrics
+    from cmm.yardsticks import flat_threshold_bps
+
+    samples = ds.split_samples(SPLIT)
+    regimes = np.asarray(ds.regimes(SPLIT))
+    quoter = policy.quoter_
+    gate_regimes = regimes if quoter.gate == "regime" else None
+    pred, weights = quoter.predict_batch(ds.windows(SPLIT), gate_regimes)
+    write_json(out / "prediction.json", {
+        "split": SPLIT, "gate": quoter.gate, "windows": len(pred),
+        "metrics": regression_metrics(pred, ds.targets(SPLIT), flat_threshold_bps(ds))})
+    meta = quoter.meta
+    names = [e.get("name", f"expert {i}").split("/")[-1]
+             for i, e in enumerate(meta.get("experts", []))]
+    experts = {t: [names[i] if i < len(names) else f"expert {i}"
+                   for i, _ in meta.get("routes", {}).get(t, [])]
+               for t in quoter.mixture.tasks}
+    with atomic_path(out / "weights.npz") as tmp:
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, weights=weights.astype(np.float32),
+                                ts_ns=samples["ts_ns"].to_numpy(),
+                                session=samples["session"].to_numpy(), regime=regimes,
+                                tasks=np.array(list(quoter.mixture.tasks)),
+                                experts=np.array([";".join(experts[t])
+                                                  for t in quoter.mixture.tasks]))

@@ -29,9 +29,6 @@ down to the report.
 from __future__ import annotations
 
 import logging
-import os
-import platform
-import subprocess
 import sys
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -43,35 +40,16 @@ import numpy as np
 from cmm.config import RunConfig
 from cmm.errors import InputError
 from cmm.io import atomic_path, default_cache_dir, write_json
-from cmm.io import file_lock, reading, remove_stale_temporaries
+from cmm.io import file_lock, remove_stale_temporaries
 from cmm.pipeline.executors import Executor, run_in_process
 from cmm.pipeline.graph import Stage, StageGraph
 from cmm.pipeline.layout import RunLayout, teacher_seed, teacher_seeds
-from cmm.pipeline.policies import PolicySpec, policy_specs
+from cmm.pipeline.policies import SPLIT, PolicySpec, build_policy, policy_specs, replay
+from cmm.pipeline.policies import run_seed
+from cmm.pipeline.runinfo import git_revision, machine
 from cmm.pipeline.stages import Display, StageResult, StageRunner, Timings, jsonable
 
 log = logging.getLogger("cmm.run")
-
-SPLIT = "test"
-
-
-def git_revision(where: Path | None = None) -> dict:
-    """The commit of the source tree (and whether it has uncommitted changes)."""
-    where = where or Path(__file__).resolve().parent
-    try:
-        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=where, capture_output=True,
-                             text=True, check=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=where, capture_output=True, text=True, check=True,
-                               timeout=10).stdout.strip()
-        return {"commit": rev, "dirty": bool(dirty)}
-    except (OSError, subprocess.SubprocessError):
-        return {"commit": "unknown", "dirty": None}
-
-
-def machine() -> dict:
-    return {"platform": platform.platform(), "python": platform.python_version(),
-            "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()}
 
 
 def _setup_logging(path: Path) -> logging.Handler:
@@ -104,12 +82,6 @@ def seeded(config: RunConfig, seed: int) -> RunConfig:
     return config.model_copy(update={
         "teacher": teacher, "probe": config.probe.model_copy(update={"seed": seed}),
         "distill": distill, "moe": config.moe.model_copy(update={"seed": seed})})
-
-
-def run_seed(c: RunConfig) -> int:
-    """The run seed of a :func:`seeded` configuration (its students'; its teacher's may be
-    shared with other run seeds): it seeds the learned policies and names a seeded replay."""
-    return c.distill.train.seed
 
 
 class Pipeline:
@@ -185,7 +157,7 @@ class Pipeline:
                                            for k, r in self.runner.results.items()]
                 write_json(self.layout.manifest, self.manifest)
                 self._report()
-            log.info("finished: %s", self.run_dir / "report.html")
+            log.info("finished: %s", self.layout.report_html)
         finally:
             log.removeHandler(handler)
             handler.close()
@@ -261,6 +233,7 @@ class Pipeline:
         # the data by that key (= ds.cache_key).
         d_key = data_key(arg, c.data)
         ref = DatasetRef(f"{d_slug}/data", arg, c.data)
+        plan = _EpisodePlans(c)  # the data's check, the crash stage and the manifest read it
 
         def prepare(folder: Path, on_progress, reads) -> dict:
             from cmm.data.prepare import prepare_dataset
@@ -277,16 +250,16 @@ class Pipeline:
                 raise RuntimeError(f"internal: data key {ds.cache_key} differs from the "
                                    f"stage's {d_key}")
             check_splits(ds, c, source, name, c.datasets.index(name))
-            episode_plan(ds, c, source)
+            plan(ds, source)
 
         g.add(Stage(ref.stage_id, "data", self.layout.data(d_slug),
                            {"dataset": name, "key": d_key}, prepare, scope=d_slug,
                            aliases=(d_key,), checks=check))
-        entry = {"name": name, "slug": d_slug, "config": c, "data": ref, "crash": None,
-                 "seed_independent": {"backtest": {}, "crash": {}}, "seeds": {}}
+        entry = {"name": name, "slug": d_slug, "config": c, "data": ref, "plan": plan,
+                 "crash": None, "seed_independent": {"backtest": {}, "crash": {}}, "seeds": {}}
         crash = None
         if c.robustness.flash_crash is not None and self.tables.get("crash"):
-            crash = self._crash(g, ref, d_key, d_slug)
+            crash = self._crash(g, ref, d_key, d_slug, plan)
             entry["crash"] = crash.id
         shared = {}
         for spec in self.specs:
@@ -305,7 +278,8 @@ class Pipeline:
     def _spec(self, slug: str) -> PolicySpec:
         return next(s for s in self.specs if s.slug == slug)
 
-    def _crash(self, g: StageGraph, ref: DatasetRef, d_key: str, d_slug: str) -> Stage:
+    def _crash(self, g: StageGraph, ref: DatasetRef, d_key: str, d_slug: str,
+               plan: _EpisodePlans) -> Stage:
         c = self.config
         inputs = {"data": d_key, "flash_crash": jsonable(c.robustness.flash_crash),
                   "episode_s": c.backtest.episode_s, "decision_every": c.backtest.decision_every}
@@ -314,7 +288,7 @@ class Pipeline:
             from cmm.pipeline.stress import build_crash_dataset
 
             ds = ref(reads)
-            cds = build_crash_dataset(ds, episode_plan(ds, c), c.backtest.episode_s,
+            cds = build_crash_dataset(ds, plan(ds), c.backtest.episode_s,
                                       c.robustness.flash_crash, out / "prepared")
             return {"key": cds.cache_key, "crashes": cds.meta["stress"]["crashes"]}
 
@@ -327,7 +301,7 @@ class Pipeline:
 
         c = entry["config"]
         ds = entry["data"].open(results[entry["data"].stage_id])
-        plan = episode_plan(ds, c, self.source)
+        plan = entry["plan"](ds, self.source)
         vol = episode_volatility(ds, plan)
         volatile = most_volatile(vol, c.robustness.volatile_fraction)
         out = {"name": entry["name"], "slug": entry["slug"], "dataset": ds.name,
@@ -465,8 +439,11 @@ class Pipeline:
             ds = ref(reads)
             report = run_fit(ds, teacher_cfg, folder, on_progress)
             if not distill:
-                pred = _teacher_predict(folder, ds, ds, teacher_cfg.infer_batch_size,
-                                        teacher_cfg.device, on_progress)
+                from cmm.teacher.pipeline import teacher_predict
+
+                pred = teacher_predict(folder, ds, ds.windows(SPLIT),
+                                       teacher_cfg.infer_batch_size, teacher_cfg.device,
+                                       on_progress)
                 np.save(folder / "test_predictions.npy", pred)
             return {"fit_seconds": report["fit_seconds"], "stopped_by": report["stopped_by"],
                     "latency_ms": report["latency_ms"]}
@@ -577,8 +554,8 @@ class Pipeline:
                 found["teacher_dir"] = reads[up_id].folder
             elif source == "mixture":
                 found.update(moe_dir=reads[up_id].folder, gates=reads[up_id].info["gates"])
-            policy, extra = _build_policy(spec, ds, target, c, found, given, latency)
-            return _replay(policy, target, c, out, spec, extra)
+            policy, extra = build_policy(spec, ds, target, c, found, given, latency)
+            return replay(policy, target, c, out, spec, extra)
 
         folder = self.layout.replay(d_slug, spec.slug, seed if spec.seeded else None,
                                     "backtest" if crash is None else "crash")
@@ -602,12 +579,9 @@ class Pipeline:
         report = Stage("report", "report", self.layout.report, inputs, work,
                        reads=tuple(self.runner.results))
         self.runner.run_stage(report)
-        from cmm.report.render import markdown_for
+        from cmm.report.render import copy_to_run_folder
 
-        with atomic_path(self.run_dir / "report.html") as tmp:
-            tmp.write_bytes((self.layout.report / "report.html").read_bytes())
-        with atomic_path(self.run_dir / "report.md") as tmp:
-            tmp.write_text(markdown_for(self.run_dir, "report"))
+        copy_to_run_folder(self.run_dir)  # RunLayout.report_html and report_md
 
 
 _TORCH = {"num_cpus": 1, "gpu": True}  # may use a GPU where the teacher's device is one
@@ -676,6 +650,21 @@ def episode_plan(ds, c: RunConfig, source=None):
         raise located(exc, source) from None
 
 
+class _EpisodePlans:
+    """The episode plan (:func:`episode_plan`) of a dataset under its run configuration,
+    computed once: the data stage's check, the crash stage and the manifest entry all read it."""
+
+    def __init__(self, config: RunConfig) -> None:
+        self.config = config
+        self._plans: dict[str, Any] = {}  # by the prepared dataset's cache key
+
+    def __call__(self, ds, source=None):
+        """The plan of ``ds`` (``source``: where an error in the settings points)."""
+        if ds.cache_key not in self._plans:
+            self._plans[ds.cache_key] = episode_plan(ds, self.config, source)
+        return self._plans[ds.cache_key]
+
+
 # ---------------------------------------------------------------------------------- helpers
 
 
@@ -711,126 +700,6 @@ def _data_summary(ds) -> dict:
             "dt_ms": ds.config.grid.dt_ms, "window": ds.config.features.window,
             "horizon": ds.config.features.horizon,
             "hours": sum((s.end_ns - s.start_ns) for s in ds.sessions) / 3.6e12}
-
-
-def _teacher_predict(teacher_dir: Path, ds, target, batch_size: int, device: str,
-                     on_progress=None) -> np.ndarray:
-    """(N, 3) predictions in the data's units of the teacher in ``teacher_dir`` on the test
-    windows of ``target`` (the dataset itself or its crashed copy)."""
-    import torch
-
-    from cmm.teacher.fit import predict_windows
-    from cmm.teacher.store import load_teacher
-
-    model = load_teacher(teacher_dir, ds, device=device)
-    with torch.inference_mode():
-        pred_std, _ = predict_windows(model, target.windows(SPLIT), batch_size,
-                                      on_progress=on_progress or (lambda *a: None),
-                                      stage="teacher predictions")
-        return model.to_units(torch.from_numpy(pred_std)).numpy().astype(np.float64)
-
-
-def _build_policy(spec: PolicySpec, ds, target, c: RunConfig, chain: dict, settings: dict,
-                  latency_ns: int | None):
-    """The fitted policy for ``spec`` and anything extra to save beside its backtest."""
-    import json
-
-    from cmm.strategy.policy import PrecomputedPolicy, Predictions, get_policy
-
-    if spec.source == "registry":
-        policy = get_policy(spec.name, settings or None)
-        if spec.seeded and policy.config is not None \
-                and "seed" in type(policy.config).model_fields and "seed" not in settings:
-            policy = get_policy(spec.name, {**settings, "seed": run_seed(c)})
-        return policy.fit(ds), {}
-    if spec.source == "teacher":
-        t_dir = Path(chain["teacher_dir"])
-        if target is ds and (t_dir / "features" / "test.safetensors").is_file():
-            from cmm.teacher.features import load_features
-
-            pred = load_features(t_dir, SPLIT, ds).pred.astype(np.float64)
-        elif target is ds and (t_dir / "test_predictions.npy").is_file():
-            pred = np.load(t_dir / "test_predictions.npy")
-        else:
-            pred = _teacher_predict(t_dir, ds, target, c.teacher.infer_batch_size,
-                                    c.teacher.device)
-        from cmm.teacher.policy import teacher_latency_ns
-
-        # the rule of `cmm backtest --policy teacher` too: measured when the teacher was fitted
-        latency_ns = teacher_latency_ns(t_dir, _given(latency_ns, settings))
-        policy = PrecomputedPolicy({SPLIT: Predictions.from_array(pred)}, latency_ns,
-                                   name=spec.slug)
-        return policy, {}
-    # a mixture through the `cmm` policy
-    from cmm.moe.policy import CmmPolicy, mixture_latency_ns  # registers "cmm"
-
-    folder = Path(chain["moe_dir"]) / spec.name
-    with reading(folder / "mixture.json"):
-        meta = json.loads((folder / "mixture.json").read_text())
-    gates = list(meta.get("gates", {})) or chain.get("gates", {}).get(spec.name, ["mean"])
-    gate = spec.gate if spec.gate in gates else ("hajek" if "hajek" in gates else gates[0])
-    # the rule of `cmm backtest --policy cmm` too: measured when the mixture stage made it
-    latency_ns = mixture_latency_ns(folder, meta, gate, ds, _given(latency_ns, settings),
-                                    repeats=c.moe.latency_repeats, warmup=c.moe.latency_warmup)
-    policy = CmmPolicy(CmmPolicy.config_class(artefact=str(folder), gate=gate,
-                                              latency_ns=latency_ns))
-    policy.fit(ds)
-    policy.name = spec.slug
-    return policy, {"gate": gate, "weights": spec.slug == "cmm" and target is ds}
-
-
-def _given(latency_ns: int | None, settings: dict) -> int | None:
-    """The latency a replay is told to charge: ``latency_ns`` (a crash replay: its original's),
-    else the settings' (the price of latency, ``policy_settings``); None: the policy's own."""
-    return latency_ns if latency_ns is not None else settings.get("latency_ns")
-
-
-def _replay(policy, target, c: RunConfig, out: Path, spec: PolicySpec, extra: dict) -> dict:
-    from cmm.backtest.artefacts import write_backtest
-    from cmm.backtest.runner import run_backtest
-
-    result = run_backtest(target, policy, SPLIT, ladder=c.ladder, config=c.backtest)
-    for w in result.warnings:
-        log.warning(w)
-    # the files `cmm backtest` writes too, by the same function
-    metrics = write_backtest(out, result, policy=spec.to_json(), latency_ns=policy.latency_ns,
-                             gate=extra.get("gate")).metrics
-    if extra.get("weights"):
-        _save_weights(policy, target, out)
-    return {"latency_ns": int(policy.latency_ns), "EPnL": metrics["EPnL"],
-            "episodes": metrics["episodes"], "gate": extra.get("gate")}
-
-
-def _save_weights(policy, ds, out: Path) -> None:
-    """The mixture's per-decision expert weights on the test split, with each sample's time and
-    regime (the report's "expert weights over time" figure), and its test prediction metrics
-    as the teacher's evaluation computes them, up/flat/down of the mid included
-    (``prediction.json``: the report's prediction table)."""
-    from cmm.teacher.evaluate import regression_metrics
-    from cmm.yardsticks import flat_threshold_bps
-
-    samples = ds.split_samples(SPLIT)
-    regimes = np.asarray(ds.regimes(SPLIT))
-    quoter = policy.quoter_
-    gate_regimes = regimes if quoter.gate == "regime" else None
-    pred, weights = quoter.predict_batch(ds.windows(SPLIT), gate_regimes)
-    write_json(out / "prediction.json", {
-        "split": SPLIT, "gate": quoter.gate, "windows": len(pred),
-        "metrics": regression_metrics(pred, ds.targets(SPLIT), flat_threshold_bps(ds))})
-    meta = quoter.meta
-    names = [e.get("name", f"expert {i}").split("/")[-1]
-             for i, e in enumerate(meta.get("experts", []))]
-    experts = {t: [names[i] if i < len(names) else f"expert {i}"
-                   for i, _ in meta.get("routes", {}).get(t, [])]
-               for t in quoter.mixture.tasks}
-    with atomic_path(out / "weights.npz") as tmp:
-        with open(tmp, "wb") as f:
-            np.savez_compressed(f, weights=weights.astype(np.float32),
-                                ts_ns=samples["ts_ns"].to_numpy(),
-                                session=samples["session"].to_numpy(), regime=regimes,
-                                tasks=np.array(list(quoter.mixture.tasks)),
-                                experts=np.array([";".join(experts[t])
-                                                  for t in quoter.mixture.tasks]))
 
 
 def run(config: RunConfig, root: str | Path = "runs", **kw) -> Path:

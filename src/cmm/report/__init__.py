@@ -1,5 +1,7 @@
-"""The report of a run: tables (``tables``), figures (``figures``), and the Markdown and
-self-contained HTML documents (``render``)."""
+"""The report of a run: its numbers (``tables``), its content as document blocks
+(``sections``, with ``answer``, ``overview``, ``teacher``, ``paired`` and ``blocks``), its
+pictures (``figures``), and the writers of the Markdown and self-contained HTML documents
+(``render``)."""
 
 from cmm.report.render import build_report
 

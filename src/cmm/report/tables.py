@@ -29,7 +29,7 @@ import polars as pl
 from cmm.io import reading
 from cmm.metrics import pnl_map, rpt, sharpe
 from cmm.pipeline.layout import TEACHER_NAMES, RunLayout, teacher_seed_list
-from cmm.vocabulary import TASKS  # report/render.py imports it from here
+from cmm.vocabulary import TASKS  # the report's sections import it from here
 
 PREDICTION_COLUMNS = (*(f"r2_{t}" for t in TASKS), "direction3_acc", "direction3_f1")
 
@@ -373,112 +373,144 @@ def mixture_row(slug: str, policy: dict, gates: dict) -> str:
 
 def build_tables(run_dir: Path, manifest: dict) -> dict:
     """Every table of the report, per dataset, as JSON-able data."""
-    out: dict = {}
+    return {d["slug"]: _dataset_tables(run_dir, manifest, d) for d in manifest["datasets"]}
+
+
+def _dataset_tables(run_dir: Path, manifest: dict, d: dict) -> dict:
+    """Every table of one dataset: the metric tables, their paired comparisons, robustness,
+    the price of latency, latency, prediction quality, the RL gap and the teachers' note."""
     policies = {p["slug"]: p for p in manifest["policies"]}
     block = int((manifest.get("config", {}).get("report") or {}).get("bootstrap_block", 1))
+    res = load_results(run_dir, manifest, d)
+    crash = load_results(run_dir, manifest, d, "crash")
+    pred = prediction_metrics(run_dir, manifest, d)
+    gates = _mixture_gates(run_dir, manifest, d)
+    volatile = d["episodes"]["volatile"]
+
+    def r2(s: str) -> dict:
+        return _r2_cells(pred.get(mixture_row(s, policies[s], gates), {}))
+
+    t = manifest["tables"]
+    tables: dict = {"main": _metric_rows(t["main"], res, policies)}
+    for key in ("ablations", "gates", "backbone"):
+        tables[key] = _metric_rows(t.get(key, []), res, policies, r2)
+    paired = _paired_tables(t, res, crash, policies, block, volatile)
+    tier = (manifest.get("config", {}).get("backtest") or {}).get("fee_tier", "base")
+    tables["fee_tier"] = tier
+    if tier != "base":  # net also at the base tier (episodes.csv's pnl_base)
+        at_base = {s: r2_ for s, r in res.items() if (r2_ := r.with_pnl("pnl_base"))}
+        if at_base:
+            tables["main_base"] = _metric_rows(t["main"], at_base, policies)
+            paired["main_base"] = _pairs([("cmm", s) for s in t["main"] if s != "cmm"],
+                                         at_base, block)
+    tables["paired"] = paired
+    tables["robustness"] = _robustness_rows(t.get("robustness", []), res, crash, volatile)
+    tables["latency_price"] = _latency_price(run_dir, manifest, d, res, policies, block)
+    tables["latency"] = _latency_rows(res, policies)
+    tables["prediction"] = prediction_table(run_dir, manifest, d, gates, pred)
+    tables["rl_sim_gap"] = _rl_sim_gap(run_dir, manifest, d, policies)
+    tables["teacher_seeds_note"] = teacher_seeds_note(manifest, d)
+    return tables
+
+
+def _mixture_gates(run_dir: Path, manifest: dict, d: dict) -> dict[str, list[str]]:
+    """Per mixture variant, the gates the mixture stage fitted (the first seed's stage that
+    ran; {} where none did)."""
     layout = RunLayout.of_manifest(run_dir, manifest)
-    for d in manifest["datasets"]:
-        res = load_results(run_dir, manifest, d)
-        crash = load_results(run_dir, manifest, d, "crash")
-        pred = prediction_metrics(run_dir, manifest, d)
-        gates = {}
-        for seed in manifest["seeds"]:
-            ev = layout.moe(d["slug"], seed) / "evaluation.json"
-            if ev.is_file():
-                gates = {k: v["gates"] for k, v in _json(ev)["mixtures"].items()}
-                break
-        volatile = d["episodes"]["volatile"]
-        tables: dict = {}
+    for seed in manifest["seeds"]:
+        ev = layout.moe(d["slug"], seed) / "evaluation.json"
+        if ev.is_file():
+            return {k: v["gates"] for k, v in _json(ev)["mixtures"].items()}
+    return {}
 
-        def rows(slugs, extra=None, source=res):
-            body = []
-            for s in slugs:
-                if s not in source:
-                    body.append({"slug": s, "label": policies[s]["label"], "missing": True})
-                    continue
-                m = source[s].metrics()
-                row = {"slug": s, "label": source[s].label,
-                       "seeded": not source[s].shared,
-                       **{k: v.to_json() for k, v in m.items()}}
-                if extra:
-                    row.update(extra(s))
-                body.append(row)
-            return body
 
-        def r2(s):
-            p = policies[s]
-            key = mixture_row(s, p, gates)
-            got = pred.get(key, {})
-            return {f"r2_{t}": got[f"r2_{t}"].to_json() if f"r2_{t}" in got else None
-                    for t in TASKS}
+def _metric_rows(slugs: list[str], source: dict[str, PolicyResult], policies: dict,
+                 extra=None) -> list[dict]:
+    """A metric table: per slug, its policy's metrics over ``source`` (a row marked missing
+    where the policy has no backtest), with ``extra(slug)``'s cells where given."""
+    body = []
+    for s in slugs:
+        if s not in source:
+            body.append({"slug": s, "label": policies[s]["label"], "missing": True})
+            continue
+        m = source[s].metrics()
+        row = {"slug": s, "label": source[s].label, "seeded": not source[s].shared,
+               **{k: v.to_json() for k, v in m.items()}}
+        if extra:
+            row.update(extra(s))
+        body.append(row)
+    return body
 
-        def pairs(items, source=res, episodes=None):
-            """Paired comparisons ``a - b`` for (a, b) slugs present in ``source``."""
-            got = (compare(source.get(a), source.get(b), block, episodes) for a, b in items)
-            return [g for g in got if g is not None]
 
-        t = manifest["tables"]
-        tables["main"] = rows(t["main"])
-        tables["ablations"] = rows(t.get("ablations", []), r2)
-        tables["gates"] = rows(t.get("gates", []), r2)
-        tables["backbone"] = rows(t.get("backbone", []), r2)
-        cmm = "cmm"
-        paired = {
-            # CMM against the teacher, each baseline, yardstick, RL policy and the oracle
-            "main": pairs([(cmm, s) for s in t["main"] if s != cmm]),
-            # each ablation and gate control against CMM
-            "ablations": pairs([(s, cmm) for s in t.get("ablations", []) if s != cmm]),
-            "gates": pairs([(s, cmm) for s in t.get("gates", []) if s != cmm]),
-            # the random-init control against the pretrained one
-            "backbone": pairs([(s, "teacher" if policies[s]["source"] == "teacher" else cmm)
-                               for s in t.get("backbone", [])
-                               if s not in ("teacher", cmm)]),
-            "volatile": pairs([(cmm, s) for s in t.get("robustness", []) if s != cmm],
-                              episodes=volatile),
-            "crash": pairs([(cmm, s) for s in t.get("robustness", []) if s != cmm], crash),
-        }
-        tier = (manifest.get("config", {}).get("backtest") or {}).get("fee_tier", "base")
-        tables["fee_tier"] = tier
-        if tier != "base":  # net also at the base tier (episodes.csv's pnl_base)
-            at_base = {s: r2_ for s, r in res.items() if (r2_ := r.with_pnl("pnl_base"))}
-            if at_base:
-                tables["main_base"] = rows(t["main"], source=at_base)
-                paired["main_base"] = pairs([(cmm, s) for s in t["main"] if s != cmm], at_base)
-        tables["paired"] = paired
-        robust = []
-        for s in t.get("robustness", []):
-            if s not in res:
-                continue
-            allm = res[s].metrics()
-            vol = res[s].metrics(volatile)
-            row = {"slug": s, "label": res[s].label, "EPnL": allm["EPnL"].to_json(),
-                   "EPnL_volatile": vol["EPnL"].to_json(),
-                   "PnLMAP_volatile": vol["PnLMAP"].to_json(),
-                   "MAP_volatile": vol["MAP"].to_json()}
-            if s in crash:
-                cm = crash[s].metrics()
-                row.update({"EPnL_crash": cm["EPnL"].to_json(),
-                            "PnLMAP_crash": cm["PnLMAP"].to_json(),
-                            "MAP_crash": cm["MAP"].to_json(),
-                            "max_drawdown_crash": cm["max_drawdown"].to_json()})
-            robust.append(row)
-        tables["robustness"] = robust
-        tables["latency_price"] = _latency_price(run_dir, manifest, d, res, policies, block)
-        teacher_lat = res["teacher"].metrics()["latency_ms"].mean if "teacher" in res else None
-        lat = []
-        for s, r in res.items():
-            if policies[s].get("latency", "own") != "own":  # in the price-of-latency table
-                continue
-            m = r.metrics()["latency_ms"]
-            speed = (teacher_lat / m.mean if teacher_lat and m.mean and m.mean > 0 else None)
-            lat.append({"slug": s, "label": r.label, "latency_ms": m.to_json(),
-                        "speedup_vs_teacher": _clean(speed)})
-        tables["latency"] = sorted(lat, key=lambda r: -(r["latency_ms"]["mean"] or 0))
-        tables["prediction"] = prediction_table(run_dir, manifest, d, gates, pred)
-        tables["rl_sim_gap"] = _rl_sim_gap(run_dir, manifest, d, policies)
-        tables["teacher_seeds_note"] = teacher_seeds_note(manifest, d)
-        out[d["slug"]] = tables
-    return out
+def _r2_cells(got: dict[str, Stat]) -> dict:
+    """The test R² per task of a mixture stage row (None where it has none)."""
+    return {f"r2_{t}": got[f"r2_{t}"].to_json() if f"r2_{t}" in got else None for t in TASKS}
+
+
+def _pairs(items, source: dict[str, PolicyResult], block: int,
+           episodes: list[int] | None = None) -> list[dict]:
+    """Paired comparisons ``a - b`` for (a, b) slugs present in ``source``."""
+    got = (compare(source.get(a), source.get(b), block, episodes) for a, b in items)
+    return [g for g in got if g is not None]
+
+
+def _paired_tables(t: dict, res: dict[str, PolicyResult], crash: dict[str, PolicyResult],
+                   policies: dict, block: int, volatile: list[int]) -> dict[str, list[dict]]:
+    """The paired comparisons of each table (``t``: the manifest's tables)."""
+    cmm = "cmm"
+    robust = [(cmm, s) for s in t.get("robustness", []) if s != cmm]
+    return {
+        # CMM against the teacher, each baseline, yardstick, RL policy and the oracle
+        "main": _pairs([(cmm, s) for s in t["main"] if s != cmm], res, block),
+        # each ablation and gate control against CMM
+        "ablations": _pairs([(s, cmm) for s in t.get("ablations", []) if s != cmm], res, block),
+        "gates": _pairs([(s, cmm) for s in t.get("gates", []) if s != cmm], res, block),
+        # the random-init control against the pretrained one
+        "backbone": _pairs([(s, "teacher" if policies[s]["source"] == "teacher" else cmm)
+                            for s in t.get("backbone", []) if s not in ("teacher", cmm)],
+                           res, block),
+        "volatile": _pairs(robust, res, block, episodes=volatile),
+        "crash": _pairs(robust, crash, block),
+    }
+
+
+def _robustness_rows(slugs: list[str], res: dict[str, PolicyResult],
+                     crash: dict[str, PolicyResult], volatile: list[int]) -> list[dict]:
+    """Per policy of the robustness table: EPnL over all test episodes, over the volatile
+    ones, and through the flash crash where it was replayed there."""
+    robust = []
+    for s in slugs:
+        if s not in res:
+            continue
+        allm = res[s].metrics()
+        vol = res[s].metrics(volatile)
+        row = {"slug": s, "label": res[s].label, "EPnL": allm["EPnL"].to_json(),
+               "EPnL_volatile": vol["EPnL"].to_json(),
+               "PnLMAP_volatile": vol["PnLMAP"].to_json(),
+               "MAP_volatile": vol["MAP"].to_json()}
+        if s in crash:
+            cm = crash[s].metrics()
+            row.update({"EPnL_crash": cm["EPnL"].to_json(),
+                        "PnLMAP_crash": cm["PnLMAP"].to_json(),
+                        "MAP_crash": cm["MAP"].to_json(),
+                        "max_drawdown_crash": cm["max_drawdown"].to_json()})
+        robust.append(row)
+    return robust
+
+
+def _latency_rows(res: dict[str, PolicyResult], policies: dict) -> list[dict]:
+    """Each policy's charged decision latency and its speed-up against the teacher, slowest
+    first (the price-of-latency replays left out: they have their own table)."""
+    teacher_lat = res["teacher"].metrics()["latency_ms"].mean if "teacher" in res else None
+    lat = []
+    for s, r in res.items():
+        if policies[s].get("latency", "own") != "own":  # in the price-of-latency table
+            continue
+        m = r.metrics()["latency_ms"]
+        speed = (teacher_lat / m.mean if teacher_lat and m.mean and m.mean > 0 else None)
+        lat.append({"slug": s, "label": r.label, "latency_ms": m.to_json(),
+                    "speedup_vs_teacher": _clean(speed)})
+    return sorted(lat, key=lambda r: -(r["latency_ms"]["mean"] or 0))
 
 
 def _latency_price(run_dir: Path, manifest: dict, d: dict, res: dict[str, PolicyResult],

@@ -14,7 +14,7 @@ from cmm.config import TeacherConfig
 from cmm.io import RESUME_DIR, atomic_path, write_json
 from cmm.teacher.data import TeacherDataset
 from cmm.teacher.evaluate import baseline_predictions, evaluate_teacher, metrics_table
-from cmm.teacher.fit import ProgressFn, _noop, fit_teacher, peak_memory_mib
+from cmm.teacher.fit import ProgressFn, _noop, fit_teacher, peak_memory_mib, predict_windows
 from cmm.teacher.latency import measure_latency
 from cmm.teacher.store import LATENCY_FILE, METRICS_FILE, save_teacher
 from cmm.vocabulary import EVALUATED_SPLITS
@@ -69,6 +69,23 @@ def run_fit(dataset: TeacherDataset, config: TeacherConfig, out_dir: str | Path,
     })
     write_json(out_dir / METRICS_FILE, report)
     return report
+
+
+def teacher_predict(teacher_dir: Path, ds, windows, batch_size: int, device: str,
+                    on_progress=None):
+    """(N, 3) predictions in the data's units (float64) of the teacher fitted on ``ds`` and
+    saved in ``teacher_dir``, on ``windows`` (a split of ``ds`` or of its crashed copy)."""
+    import numpy as np
+    import torch
+
+    from cmm.teacher.store import load_teacher
+
+    model = load_teacher(teacher_dir, ds, device=device)
+    with torch.inference_mode():
+        pred_std, _ = predict_windows(model, windows, batch_size,
+                                      on_progress=on_progress or (lambda *a: None),
+                                      stage="teacher predictions")
+        return model.to_units(torch.from_numpy(pred_std)).numpy().astype(np.float64)
 
 
 def write_comparison(out: str | Path, reports: dict[str, dict]) -> str:
