@@ -49,6 +49,22 @@ def run(
                        "estimated seconds, how many are done already, the total stage time "
                        "and the critical path (the least wall time any number of workers "
                        "needs).")] = False,
+    executor: Annotated[str, typer.Option(
+        help="What runs the stages: 'in-process' (one after another in this process) or "
+             "'ray' (as Ray tasks, as many at once as the cores or the cluster allow; needs "
+             "the [ray] extra). Both give the same results in the same run folder.")
+    ] = "in-process",
+    address: Annotated[str | None, typer.Option(
+        help="With --executor ray: the address of a running Ray cluster ('auto', "
+             "'ray://HOST:10001'); the run folder, data and cache must be on storage every "
+             "node sees. Default: a Ray started on this machine for the run.")] = None,
+    cpus: Annotated[int | None, typer.Option(
+        min=1, help="With --executor ray and no --address: the CPUs the local Ray may use "
+                    "(default: all cores).")] = None,
+    keep_going: Annotated[bool, typer.Option(
+        help="When a stage fails, still run every stage that does not read it, then exit "
+             "non-zero naming each failed stage (default: stop at the first failure).")
+    ] = False,
 ) -> None:
     """Run every stage (data, teacher fit, features, probe, experts, mixture, backtests of every
     policy incl. robustness scenarios, report) for every dataset and seed of CONFIG. A stage
@@ -70,28 +86,29 @@ def run(
 
     if report_only:
         from cmm.report import build_report
-        from cmm.report.render import markdown_for
+        from cmm.report.render import copy_to_run_folder
 
-        run_dir = root / cfg.name
-        layout = RunLayout(run_dir, cfg)
+        layout = RunLayout.read(root / cfg.name)
         if not layout.manifest.is_file():
             raise InputError("no finished run here; run `cmm run` first", file=layout.manifest)
-        build_report(run_dir)
-        # the run folder's copies of the report (its figure links relative to the run folder)
-        (run_dir / "report.html").write_bytes((layout.report / "report.html").read_bytes())
-        (run_dir / "report.md").write_text(markdown_for(run_dir, layout.stage_id(layout.report)))
-        console.print(f"report: {run_dir / 'report.html'}")
+        build_report(layout.run_dir)
+        copy_to_run_folder(layout.run_dir)
+        console.print(f"report: {layout.report_html}")
         return
+    from cmm.pipeline.executors import make_executor
     from cmm.pipeline.run import Pipeline
 
+    run_with = make_executor(executor, address=address, num_cpus=cpus, keep_going=keep_going)
     if plan:
         _print_plan(Pipeline(cfg, root, base_dir=config.resolve().parent, command=command,
                              config_file=config).plan(), console)
         return
     run_dir = Pipeline(cfg, root, base_dir=config.resolve().parent, command=command,
-                       progress=progress, force=tuple(force or ()), config_file=config).run()
-    console.print(f"report: {run_dir / 'report.html'} (and report.md); "
-                  f"log: {RunLayout(run_dir, cfg).log_file}")
+                       progress=progress, force=tuple(force or ()), config_file=config,
+                       executor=run_with).run()
+    layout = RunLayout(run_dir, cfg)
+    console.print(f"report: {layout.report_html} (and {layout.report_md.name}); "
+                  f"log: {layout.log_file}")
 
 
 def _print_plan(plan: dict, console) -> None:

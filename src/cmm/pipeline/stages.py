@@ -114,9 +114,11 @@ class Timings:
 
 
 class Display:
-    """One line per stage: a bar (the stage's own progress when it reports it, else time
-    against its estimate), elapsed time and time left; a total line on top whose time left is
-    the estimates of the stages still to run. Without a terminal: one plain line per stage."""
+    """One line per running stage: a bar (the stage's own progress when it reports it, else
+    time against its estimate), elapsed time and time left; a total line on top whose time left
+    is the estimates of the stages still to run, over the executor's ``workers``. Without a
+    terminal: one plain line per stage start and end. Several stages may run at once (an
+    executor with workers opens each with :meth:`begin` and closes it with :meth:`end`)."""
 
     def __init__(self, enabled: bool = True) -> None:
         from rich.console import Console
@@ -124,8 +126,9 @@ class Display:
         self.console = Console()
         self.live = enabled and self.console.is_terminal
         self.progress = None
+        self.workers = 1  # stages the executor runs at once: the total's time left divides by it
         self._pending: dict[str, float] = {}
-        self._current: tuple[float, float] | None = None  # (start, estimate) of the running stage
+        self._running: dict[str, Running] = {}
 
     def __enter__(self) -> Display:
         if self.live:
@@ -149,10 +152,10 @@ class Display:
 
     def total_left(self) -> float:
         left = sum(self._pending.values())
-        if self._current is not None:
-            start, est = self._current
-            left += max(est - (time.perf_counter() - start), 0.0)
-        return left
+        now = time.perf_counter()
+        for r in self._running.values():
+            left += max(r.estimate - (now - r.start), 0.0)
+        return left / max(self.workers, 1)
 
     def print(self, text: str) -> None:
         (self.progress.console if self.progress else self.console).print(text, soft_wrap=True)
@@ -164,37 +167,59 @@ class Display:
         else:
             self.console.print(f"cached  {stage_id}")
 
+    def begin(self, stage_id: str, estimate: float | None, where: str = "") -> Running:
+        """A stage starts (``where``: the worker it runs on, when not here)."""
+        self._pending.pop(stage_id, None)
+        running = Running(stage_id, time.perf_counter(), estimate or 0.0)
+        self._running[stage_id] = running
+        at = f" on {where}" if where else ""
+        if self.progress is None:
+            self.console.print(f"start   {stage_id}{at}"
+                               + (f" (estimate {fmt_s(estimate)})" if estimate else ""))
+            return running
+        tid = self.progress.add_task(stage_id, total=None, state="running", estimate=estimate)
+
+        def on_progress(sub: str, done: int, total: int) -> None:
+            self.progress.update(tid, description=f"{stage_id} [dim]{sub}[/dim]",
+                                 completed=done, total=max(total, 1), own=True)
+
+        running.task, running.on_progress = tid, on_progress
+        return running
+
+    def end(self, running: Running, ok: bool = True, why: str = "") -> None:
+        """A stage ends: done, or failed (``why``: e.g. cancelled)."""
+        self._running.pop(running.stage_id, None)
+        took = fmt_s(time.perf_counter() - running.start)
+        what = (f"done    {running.stage_id} in {took}" if ok else
+                f"failed  {running.stage_id} after {took}" + (f" ({why})" if why else ""))
+        if self.progress is None:
+            self.console.print(what)
+            return
+        # finished stages leave the live area (which stays two lines high) for one line above
+        self.progress.remove_task(running.task)
+        self.progress.console.print(what.replace("done", "[green]done[/green]", 1) if ok else
+                                    what.replace("failed", "[red]failed[/red]", 1))
+
     @contextlib.contextmanager
     def stage(self, stage_id: str, estimate: float | None) -> Iterator[ProgressFn]:
-        start = time.perf_counter()
-        self._pending.pop(stage_id, None)
-        self._current = (start, estimate or 0.0)
+        running = self.begin(stage_id, estimate)
         try:
-            if self.progress is None:
-                self.console.print(f"start   {stage_id}"
-                                   + (f" (estimate {fmt_s(estimate)})" if estimate else ""))
-                yield lambda *a: None
-                self.console.print(f"done    {stage_id} in {fmt_s(time.perf_counter() - start)}")
-                return
-            tid = self.progress.add_task(stage_id, total=None, state="running", estimate=estimate)
+            yield running.on_progress
+        except BaseException:
+            self.end(running, ok=False)
+            raise
+        self.end(running)
 
-            def on_progress(sub: str, done: int, total: int) -> None:
-                self.progress.update(tid, description=f"{stage_id} [dim]{sub}[/dim]",
-                                     completed=done, total=max(total, 1), own=True)
 
-            try:
-                yield on_progress
-            except BaseException:
-                self.progress.remove_task(tid)
-                self.progress.console.print(f"[red]failed[/red]  {stage_id} after "
-                                            f"{fmt_s(time.perf_counter() - start)}")
-                raise
-            # finished stages leave the live area (which stays two lines high) for one line above
-            self.progress.remove_task(tid)
-            self.progress.console.print(f"[green]done[/green]    {stage_id} in "
-                                        f"{fmt_s(time.perf_counter() - start)}")
-        finally:
-            self._current = None
+@dataclass
+class Running:
+    """A stage the display shows running: since when, its estimate, its progress hook."""
+
+    stage_id: str
+    start: float
+    estimate: float
+    task: Any = None
+    on_progress: ProgressFn = field(default=lambda *a: None)
 
 
 def fmt_s(seconds: float | None) -> str:
