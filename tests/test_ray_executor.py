@@ -22,6 +22,9 @@ ray = pytest.importorskip("ray", reason="Ray is the optional extra [ray]: "
 
 from cmm.pipeline.executors import StagesFailed, run_in_process, run_on_ray  # noqa: E402
 
+# Each test starts a local Ray (5-10 s): in `make test`, out of the fast suite.
+pytestmark = pytest.mark.slow
+
 
 def _work(name: str, fail: bool = False):
     """Writes what it was handed (on a worker, so into its folder, not a list here)."""
