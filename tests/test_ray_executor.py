@@ -1,7 +1,7 @@
 """The Ray executor on a local Ray with 2 CPUs: stages run as Ray tasks in an order that respects
 what they read, skip when done, and fail the way the in-process executor does; the tiny run
-(the tiny run through Ray against in process, with a worker killed mid-stage, is not in yet:
-see issue 17's notes).
+through Ray, with the worker of one stage killed mid-stage (its pid from the stage's own start
+message), gives the in-process run's report tables and then skips every stage.
 
 Ray is an optional extra (``pip install -e '.[ray]'``; ``make test`` installs it)."""
 
@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import signal
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -95,3 +99,77 @@ def test_a_failed_stage_stops_its_dependents_with_its_own_message(tmp_path, loca
         assert "b: tiny.yaml, field 'split': no windows in the test split" in str(caught.value)
         assert sorted(runner.results) == ["a", "c", "e"]
         assert not (root / "b" / MARKER).exists() and not (root / "d").exists()
+
+
+# ----------------------------------------------------------- the tiny run, a worker killed
+
+
+def _watch_and_kill(log_path: Path, pattern: str, seen: dict, stop: threading.Event) -> None:
+    """Reads the driver's run.log until the held stage has started on a worker and says it is
+    holding, then kills that worker (SIGKILL: no cleanup runs, as in an out-of-memory kill)."""
+    start = re.compile(rf"start ({pattern}) on Ray: node \S+, worker pid (\d+)")
+    while not stop.is_set():
+        text = log_path.read_text() if log_path.is_file() else ""
+        starts = start.findall(text)
+        seen["starts"] = starts
+        if starts and "kill" not in seen and f"holding {starts[0][0]}" in text:
+            stage_id, pid = starts[0]
+            seen["stage"], seen["kill"] = stage_id, int(pid)
+            # held before its stage.json is written: killed now, it is not marked done
+            seen["marked_at_kill"] = (log_path.parent.parent / stage_id / MARKER).exists()
+            os.kill(int(pid), signal.SIGKILL)
+        time.sleep(0.2)
+
+
+def _tables(run_dir: Path) -> dict:
+    from cmm.pipeline.layout import RunLayout
+
+    return json.loads((RunLayout.read(run_dir).report / "tables.json").read_text())
+
+
+def test_tiny_through_ray_after_a_killed_worker_equals_in_process(
+        tiny_config, tiny_run, tmp_path, monkeypatch):
+    from tiny import assert_same
+
+    from cmm.cli.run import load_run_config
+    from cmm.pipeline.executors import make_executor
+    from cmm.pipeline.run import Pipeline
+
+    # set before Ray starts: a local Ray's workers inherit this process's environment
+    monkeypatch.setenv("CMM_STAGE_HOLD", "*/seed0/probe:8")
+    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False,
+             logging_level="WARNING")
+    try:
+        config = load_run_config(tiny_config)
+
+        def pipeline() -> Pipeline:
+            return Pipeline(config, tmp_path, base_dir=tiny_config.parent, command="test",
+                            progress=False, executor=make_executor("ray"))
+
+        run_dir = tmp_path / config.name
+        seen: dict = {}
+        stop = threading.Event()
+        watcher = threading.Thread(target=_watch_and_kill,
+                                   args=(run_dir / "logs" / "run.log", r"\S+/seed0/probe",
+                                         seen, stop), daemon=True)
+        watcher.start()
+        try:
+            first = pipeline()
+            first.run()
+        finally:
+            stop.set()
+            watcher.join()
+        assert "kill" in seen, f"the held stage never started on a worker: {seen}"
+        # Ray ran the killed stage once more, on another worker process
+        starts = [pid for sid, pid in seen["starts"] if sid == seen["stage"]]
+        assert len(starts) == 2 and starts[0] != starts[1], seen
+        assert seen["marked_at_kill"] is False
+        monkeypatch.delenv("CMM_STAGE_HOLD")
+        assert_same(_tables(run_dir), _tables(tiny_run))  # the same report as in process
+        again = pipeline()
+        again.run()
+        assert all(r.cached for r in again.runner.results.values())
+        assert {k: r.key for k, r in again.runner.results.items()} == \
+            {k: r.key for k, r in first.runner.results.items()}
+    finally:
+        ray.shutdown()
