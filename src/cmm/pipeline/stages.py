@@ -273,6 +273,7 @@ class StageRunner:
         self.force = force
         self.results: dict[str, StageResult] = {}
         self._by_key: dict[str, tuple[str, StageResult]] = {}  # key or alias -> (id, result)
+        self._estimates: dict[str, float | None] = {}  # stage id -> as it was when first asked
 
     def upstream(self, stage: Stage) -> dict[str, str | None]:
         """The stamps of the stages ``stage`` reads, by their keys (``stage.json``'s
@@ -318,11 +319,15 @@ class StageRunner:
         return None
 
     def estimate(self, stage: Stage) -> float | None:
-        """Its last time in this folder, else the kind's last time here, else the prior."""
-        marker = read_marker(stage.folder)
-        if marker is not None and marker.get("seconds"):
-            return float(marker["seconds"])
-        return self.timings.estimate(stage.kind, stage.scope)
+        """Its last time in this folder, else the kind's last time here, else the prior; read
+        once per stage (the display's plan and an executor's order ask for it before the stage
+        runs, its progress line when it starts)."""
+        if stage.id not in self._estimates:
+            marker = read_marker(stage.folder)
+            self._estimates[stage.id] = (
+                float(marker["seconds"]) if marker is not None and marker.get("seconds")
+                else self.timings.estimate(stage.kind, stage.scope))
+        return self._estimates[stage.id]
 
     def run_stage(self, stage: Stage) -> StageResult:
         """Run ``stage`` here unless it is found done; every stage it reads must be
