@@ -58,3 +58,24 @@ def test_every_policy_is_known_without_importing_the_cli():
                          check=True).stdout.split()
     assert set(out) == {"as", "cmm", "dqn", "fixed", "lgbm", "oracle", "ppo", "ridge", "rl",
                         "teacher"}
+
+
+def test_the_policy_table_says_where_each_policy_lives_its_label_and_seeding():
+    import importlib
+
+    from cmm.config import RunConfig
+    from cmm.pipeline.policies import policy_specs
+    from cmm.strategy.policy import _REGISTRY, POLICIES
+
+    for name, entry in POLICIES.items():  # importing its module registers it under its name
+        importlib.import_module(entry["module"])
+        assert name in _REGISTRY, name
+    specs, _, _ = policy_specs(RunConfig(name="t", datasets=["x"]), sorted(POLICIES))
+    by_slug = {s.slug: s for s in specs}
+    # the rule-based policies and the yardsticks do not use the run's seed: once per dataset
+    assert {s.slug for s in specs if s.source == "registry" and not s.seeded} == \
+        {"fixed", "as", "oracle", "ridge", "lgbm"}
+    assert by_slug["as"].label == "Avellaneda-Stoikov"
+    assert by_slug["oracle"].label == "perfect-forecast ladder"
+    assert by_slug["cmm"].label == "CMM (Hájek-MoE)" and by_slug["kd"].label == \
+        "vanilla KD student"

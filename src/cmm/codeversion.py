@@ -5,7 +5,7 @@ of silently reusing results computed before the fix (issue 12).
 Which modules a stage runs: its entry modules (:data:`STAGE_ENTRIES`) and every ``cmm`` module
 they import, at module level or inside functions (the import graph read from the source with
 :mod:`ast`), plus the modules the registries load by name (the readers of
-:mod:`cmm.data.readers`, the policies of :data:`cmm.strategy.policy._LAZY`). The orchestrators
+:mod:`cmm.data.readers`, the policies of :data:`cmm.strategy.policy.POLICIES`). The orchestrators
 (:mod:`cmm.pipeline.run`, :mod:`cmm.cli`) are not followed, because they import every stage;
 ``cmm.pipeline.run`` itself is in every run stage's set, since the stages' work functions live
 there (not in the prepared dataset's, which ``cmm data prepare`` builds without it).
@@ -91,14 +91,14 @@ def import_graph(root: Path = PACKAGE) -> dict[str, frozenset[str]]:
 
 
 def _policy_table(mods: dict[str, Path]) -> dict[str, str]:
-    """``cmm.strategy.policy._LAZY`` (policy name -> module), read from its source so that this
-    module imports nothing of the package."""
+    """``cmm.strategy.policy.POLICIES``'s modules (policy name -> module), read from its source
+    so that this module imports nothing of the package."""
     for node in _parsed(mods["cmm.strategy.policy"]).body:
         target = node.target if isinstance(node, ast.AnnAssign) else (
             node.targets[0] if isinstance(node, ast.Assign) else None)
-        if isinstance(target, ast.Name) and target.id == "_LAZY":
-            return ast.literal_eval(node.value)
-    raise RuntimeError("internal: cmm.strategy.policy has no _LAZY table")
+        if isinstance(target, ast.Name) and target.id == "POLICIES":
+            return {name: e["module"] for name, e in ast.literal_eval(node.value).items()}
+    raise RuntimeError("internal: cmm.strategy.policy has no POLICIES table")
 
 
 def _entries(kind: str, root: Path) -> list[str]:

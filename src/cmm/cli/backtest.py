@@ -199,9 +199,9 @@ def paired_lines(runs: list[dict]) -> list[str]:
 def _policy_record(name: str, gate: str | None) -> dict:
     """What names a policy of this command in its metrics.json, as ``cmm run`` names its
     (:class:`cmm.pipeline.policies.PolicySpec`): every policy here is the registry's."""
-    from cmm.pipeline.policies import LABELS, PolicySpec
+    from cmm.pipeline.policies import PolicySpec, label_of
 
-    return PolicySpec(slug=name, label=LABELS.get(name, name), source="registry", name=name,
+    return PolicySpec(slug=name, label=label_of(name), source="registry", name=name,
                       gate=gate).to_json()
 
 

@@ -14,10 +14,11 @@ Three sources:
 ``policy_settings.teacher.latency_ns`` and ``policy_settings.cmm.latency_ns`` replace the
 measured latencies of all teacher and all mixture policies (for reproducible tests).
 
-Registry policies whose fit does not use the seed (:data:`SEED_INDEPENDENT`: fixed spread,
-Avellaneda-Stoikov, the perfect-forecast ladder, the ridge and LightGBM yardsticks, the last
-with its own fixed ``YardstickConfig.seed``) are backtested once per dataset (``seeded``
-False) and paired with every seed's learned policies on the same episodes.
+Registry policies whose fit does not use the seed (``seeded: False`` in
+:data:`cmm.strategy.policy.POLICIES`: fixed spread, Avellaneda-Stoikov, the perfect-forecast
+ladder, the ridge and LightGBM yardsticks, the last with its own fixed ``YardstickConfig.seed``)
+are backtested once per dataset (``seeded`` False) and paired with every seed's learned
+policies on the same episodes.
 
 The price of latency (method.md, "Backtest and metrics") adds two replays per seed: the teacher
 charged no latency (``latency`` "zero", a hypothetical instant LLM) and CMM charged the
@@ -39,29 +40,27 @@ import numpy as np
 
 from cmm.config import RunConfig
 from cmm.io import atomic_path, reading, write_json
+from cmm.strategy.policy import policy_label, policy_seeded
 
 log = logging.getLogger("cmm.run")  # the run's logger: its warnings go to logs/run.log
 
 Source = Literal["registry", "teacher", "mixture"]
 SPLIT = "test"  # the split every replay of a run is of
 
+# Report names of what a run backtests beyond the registry's policies (whose names are in
+# cmm.strategy.policy.POLICIES): mixtures, distillation baselines, ablations, controls, and
+# the price-of-latency replays.
 LABELS = {
-    "teacher": "teacher LLM", "teacher-random": "teacher LLM (random-init backbone)",
-    "cmm": "CMM (Hájek-MoE)", "cmm-mean": "CMM, mean of experts",
+    "teacher-random": "teacher LLM (random-init backbone)",
+    "cmm-mean": "CMM, mean of experts",
     "cmm-router": "CMM, input-router gate", "cmm-regime": "CMM, hard regime routing",
     "cmm-hajek": "CMM (Hájek-MoE)", "cmm-random": "CMM from random-init teacher",
     "kd": "vanilla KD student", "fitnets": "FitNets student", "multitask": "multi-task student",
     "truth": "ground-truth student", "no_layer": "CMM w/o layer decomposition",
     "no_task": "CMM w/o task decomposition", "no_data": "CMM w/o data decomposition",
-    "fixed": "fixed spread", "as": "Avellaneda-Stoikov", "oracle": "perfect-forecast ladder",
-    "ppo": "PPO", "dqn": "DQN", "ridge": "ridge (hand features)",
-    "lgbm": "LightGBM (hand features)",
     "teacher-zero-latency": "teacher LLM at zero latency",
     "cmm-teacher-latency": "CMM at the teacher's latency",
 }
-
-# Registry policies whose fit and replay do not depend on the run's seed.
-SEED_INDEPENDENT = frozenset({"fixed", "as", "oracle", "ridge", "lgbm"})
 
 
 @dataclass(frozen=True)
@@ -70,7 +69,7 @@ class PolicySpec:
     (``teacher`` or ``teacher-random``) or mixture variant; ``gate``: the mixture's gate (None:
     Hájek when the mixture has it, else its only gate); ``chain``: ``main`` or ``control`` (the
     random-init teacher's distillation); ``seeded``: backtested once per seed (False: once per
-    dataset, see :data:`SEED_INDEPENDENT`); ``latency``: charged its own latency, none
+    dataset, see :func:`cmm.strategy.policy.policy_seeded`); ``latency``: charged its own latency, none
     (``zero``) or the teacher's (``teacher``)."""
 
     slug: str
@@ -93,8 +92,9 @@ class PolicySpec:
         return out
 
 
-def _label(slug: str) -> str:
-    return LABELS.get(slug, slug)
+def label_of(slug: str) -> str:
+    """The report's name of a policy a run backtests (``slug``: its folder)."""
+    return LABELS[slug] if slug in LABELS else policy_label(slug)
 
 
 def policy_specs(config: RunConfig, available: list[str]) -> tuple[list[PolicySpec],
@@ -110,38 +110,38 @@ def policy_specs(config: RunConfig, available: list[str]) -> tuple[list[PolicySp
 
     gates = tuple(config.moe.gates)
     main_gate = "hajek" if "hajek" in gates else gates[0]
-    cmm = add(PolicySpec("cmm", _label("cmm") if main_gate == "hajek" else f"CMM ({main_gate})",
-                         "mixture", "cmm", main_gate))
-    teacher = add(PolicySpec("teacher", _label("teacher"), "teacher", "teacher"))
+    cmm_label = label_of("cmm") if main_gate == "hajek" else f"CMM ({main_gate})"
+    cmm = add(PolicySpec("cmm", cmm_label, "mixture", "cmm", main_gate))
+    teacher = add(PolicySpec("teacher", label_of("teacher"), "teacher", "teacher"))
     skipped: list[dict] = []
     main = [teacher, cmm]
     for b in config.distill.baselines:
-        main.append(add(PolicySpec(b, _label(b), "mixture", b)))
+        main.append(add(PolicySpec(b, label_of(b), "mixture", b)))
     registry = [b for b in config.baselines if b != "oracle"]
     for name in registry:
-        main.append(add(PolicySpec(name, _label(name), "registry", name,
-                                   seeded=name not in SEED_INDEPENDENT)))
+        main.append(add(PolicySpec(name, label_of(name), "registry", name,
+                                   seeded=policy_seeded(name))))
     for name in config.rl:
         if name in available:
-            main.append(add(PolicySpec(name, _label(name), "registry", name)))
+            main.append(add(PolicySpec(name, label_of(name), "registry", name)))
         else:
             skipped.append({"policy": name, "reason": "not registered (the RL stage is not "
                                                       "installed in this version)"})
     if "oracle" in config.baselines:
-        main.append(add(PolicySpec("oracle", _label("oracle"), "registry", "oracle",
-                                   seeded="oracle" not in SEED_INDEPENDENT)))
-    ablations = [cmm] + [add(PolicySpec(a, _label(a), "mixture", a))
+        main.append(add(PolicySpec("oracle", label_of("oracle"), "registry", "oracle",
+                                   seeded=policy_seeded("oracle"))))
+    ablations = [cmm] + [add(PolicySpec(a, label_of(a), "mixture", a))
                          for a in config.distill.ablations]
     gate_rows = []
     for g in gates:
         slug = cmm if g == main_gate else f"cmm-{g}"
-        gate_rows.append(add(PolicySpec(slug, _label(slug), "mixture", "cmm", g)))
+        gate_rows.append(add(PolicySpec(slug, label_of(slug), "mixture", "cmm", g)))
     backbone = [teacher]
     if config.controls.random_teacher:
-        backbone.append(add(PolicySpec("teacher-random", _label("teacher-random"), "teacher",
+        backbone.append(add(PolicySpec("teacher-random", label_of("teacher-random"), "teacher",
                                        "teacher-random")))
         if config.controls.random_distill:
-            backbone += [cmm, add(PolicySpec("cmm-random", _label("cmm-random"), "mixture",
+            backbone += [cmm, add(PolicySpec("cmm-random", label_of("cmm-random"), "mixture",
                                              "cmm", main_gate, chain="control"))]
     tables = {"main": main, "ablations": ablations if config.distill.ablations else [],
               "gates": gate_rows if len(gates) > 1 else [], "backbone":
@@ -157,10 +157,10 @@ def policy_specs(config: RunConfig, available: list[str]) -> tuple[list[PolicySp
                          got=unknown)
     tables["robustness"] = main
     tables["latency_price"] = [
-        add(PolicySpec("teacher-zero-latency", _label("teacher-zero-latency"), "teacher",
+        add(PolicySpec("teacher-zero-latency", label_of("teacher-zero-latency"), "teacher",
                        "teacher", latency="zero")),
         teacher, cmm,
-        add(PolicySpec("cmm-teacher-latency", _label("cmm-teacher-latency"), "mixture", "cmm",
+        add(PolicySpec("cmm-teacher-latency", label_of("cmm-teacher-latency"), "mixture", "cmm",
                        main_gate, latency="teacher"))]
     tables["crash"] = crash if config.robustness.flash_crash is not None else []
     return list(specs.values()), tables, skipped

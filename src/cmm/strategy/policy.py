@@ -36,7 +36,8 @@ if TYPE_CHECKING:
     from cmm.data.prepare import PreparedDataset
 
 __all__ = ["DecisionPlan", "Predictions", "Quotes", "Policy", "PrecomputedPolicy",
-           "register_policy", "get_policy", "available_policies"]
+           "register_policy", "get_policy", "available_policies", "POLICIES",
+           "policy_label", "policy_seeded"]
 
 
 @dataclass(frozen=True)
@@ -212,21 +213,44 @@ class PrecomputedPolicy(Policy):
 # ---------------------------------------------------------------- registry
 
 _REGISTRY: dict[str, Callable[..., Policy]] = {}
-# Names whose classes live in modules imported on first use (so that `cmm backtest` does not
-# import torch for a rule-based policy).
-# This table is the one list of policy names: a new policy adds its line here and nowhere else.
-_LAZY: dict[str, str] = {"fixed": "cmm.strategy.baselines", "as": "cmm.strategy.baselines",
-                         "oracle": "cmm.strategy.baselines", "ridge": "cmm.yardsticks.policy",
-                         "lgbm": "cmm.yardsticks.policy", "teacher": "cmm.teacher.policy",
-                         "cmm": "cmm.moe.policy", "rl": "cmm.rl.policy", "ppo": "cmm.rl.policy",
-                         "dqn": "cmm.rl.policy"}
+# The one table of policy names. Per name: the module whose import registers its class
+# (imported on first use, so that `cmm backtest` of a rule-based policy never imports torch), its
+# name in the report, and ``seeded``: False for a policy whose fit and replay do not use the run's
+# seed (a run backtests it once per dataset and pairs it with every seed's learned policies).
+# A new policy adds its line here and nowhere else.
+POLICIES: dict[str, dict] = {
+    "fixed": {"module": "cmm.strategy.baselines", "label": "fixed spread", "seeded": False},
+    "as": {"module": "cmm.strategy.baselines", "label": "Avellaneda-Stoikov", "seeded": False},
+    "oracle": {"module": "cmm.strategy.baselines", "label": "perfect-forecast ladder",
+               "seeded": False},
+    "ridge": {"module": "cmm.yardsticks.policy", "label": "ridge (hand features)",
+              "seeded": False},
+    # LightGBM's own YardstickConfig.seed, not the run's
+    "lgbm": {"module": "cmm.yardsticks.policy", "label": "LightGBM (hand features)",
+             "seeded": False},
+    "teacher": {"module": "cmm.teacher.policy", "label": "teacher LLM"},
+    "cmm": {"module": "cmm.moe.policy", "label": "CMM (Hájek-MoE)"},
+    "rl": {"module": "cmm.rl.policy"},
+    "ppo": {"module": "cmm.rl.policy", "label": "PPO"},
+    "dqn": {"module": "cmm.rl.policy", "label": "DQN"},
+}
+
+
+def policy_label(name: str) -> str:
+    """A registered policy's name in the report (the name itself when it has none)."""
+    return POLICIES.get(name, {}).get("label", name)
+
+
+def policy_seeded(name: str) -> bool:
+    """Whether a registered policy's fit or replay uses the run's seed."""
+    return POLICIES.get(name, {}).get("seeded", True)
 
 
 def register_policy(name: str, module: str | None = None):
     """Class decorator registering a policy under ``name``; with ``module`` and no class,
     declare that importing ``module`` registers ``name`` (lazy)."""
     if module is not None:
-        _LAZY[name] = module
+        POLICIES[name] = {**POLICIES.get(name, {}), "module": module}
         return None
 
     def wrap(cls):
@@ -238,13 +262,13 @@ def register_policy(name: str, module: str | None = None):
 
 
 def available_policies() -> list[str]:
-    return sorted(set(_REGISTRY) | set(_LAZY))
+    return sorted(set(_REGISTRY) | set(POLICIES))
 
 
 def get_policy(name: str, config: BaseModel | dict | None = None) -> Policy:
     """Build the policy registered as ``name`` with its settings (a model or a dict of fields)."""
-    if name not in _REGISTRY and name in _LAZY:
-        importlib.import_module(_LAZY[name])
+    if name not in _REGISTRY and name in POLICIES:
+        importlib.import_module(POLICIES[name]["module"])
     if name not in _REGISTRY:
         raise UnknownNameError("policy", name, available_policies())
     cls = _REGISTRY[name]
