@@ -1,7 +1,8 @@
 """The Ray executor on a local Ray with 2 CPUs: stages run as Ray tasks in an order that respects
 what they read, skip when done, and fail the way the in-process executor does; the tiny run
 through Ray, with the worker of one stage killed mid-stage (its pid from the stage's own start
-message), gives the in-process run's report tables and then skips every stage.
+message), gives the in-process run's report tables and then skips every stage; a driver killed
+mid-stage takes its local Ray with it and the same command resumes to the same tables.
 
 Ray is an optional extra (``pip install -e '.[ray]'``; ``make test`` installs it)."""
 
@@ -11,11 +12,15 @@ import json
 import os
 import re
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
+
+from tiny import assert_same
 
 from cmm.errors import InputError
 from cmm.pipeline.graph import Stage, StageGraph
@@ -129,8 +134,6 @@ def _tables(run_dir: Path) -> dict:
 
 def test_tiny_through_ray_after_a_killed_worker_equals_in_process(
         tiny_config, tiny_run, tmp_path, monkeypatch):
-    from tiny import assert_same
-
     from cmm.cli.run import load_run_config
     from cmm.pipeline.executors import make_executor
     from cmm.pipeline.run import Pipeline
@@ -173,3 +176,56 @@ def test_tiny_through_ray_after_a_killed_worker_equals_in_process(
             {k: r.key for k, r in first.runner.results.items()}
     finally:
         ray.shutdown()
+
+
+def _gone(pid: int, within_s: float) -> bool:
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_a_killed_ray_driver_leaves_no_stage_marked_and_the_same_command_resumes(
+        tiny_config, tiny_run, tmp_path):
+    """`cmm run --executor ray` killed (SIGKILL) while a stage runs on a worker: the local Ray
+    it started goes with it (no orphaned worker finishing the stage behind the next run's
+    back), the stage is not marked done, and the same command resumes: the stages before it
+    are reused, it reruns, and the report is the in-process one."""
+    cmd = [str(Path(sys.executable).parent / "cmm"), "run", str(tiny_config), "--root",
+           str(tmp_path), "--executor", "ray", "--cpus", "2", "--no-progress"]
+    run_dir = tmp_path / "tiny"
+    log_path = run_dir / "logs" / "run.log"
+    with open(tmp_path / "first.err", "w") as err:
+        driver = subprocess.Popen(cmd, env={**os.environ, "CMM_STAGE_HOLD": "*/seed0/probe:120"},
+                                  cwd=tiny_config.parent, stdout=subprocess.DEVNULL, stderr=err)
+        try:
+            deadline = time.monotonic() + 300
+            while time.monotonic() < deadline and driver.poll() is None:
+                text = log_path.read_text() if log_path.is_file() else ""
+                held = re.search(r"start (\S+/seed0/probe) on Ray: node \S+, worker pid (\d+)",
+                                 text)
+                if held and f"holding {held.group(1)}" in text:
+                    break
+                time.sleep(0.2)
+            else:
+                pytest.fail(f"the probe never held: {(tmp_path / 'first.err').read_text()}")
+            driver.kill()
+        finally:
+            driver.kill()
+            driver.wait()
+    stage_id, worker = held.group(1), int(held.group(2))
+    assert _gone(worker, 30), f"worker {worker} of {stage_id} outlived its killed driver"
+    assert not (run_dir / stage_id / MARKER).exists()
+    subprocess.run(cmd, env={k: v for k, v in os.environ.items() if k != "CMM_STAGE_HOLD"},
+                   cwd=tiny_config.parent, check=True, capture_output=True)
+    stages = {s["stage"]: s for s in json.loads((run_dir / "manifest.json").read_text())
+              ["stages"]}
+    assert not stages[stage_id]["cached"]  # it reran
+    for before in ("tiny-btcusdt/data", "tiny-btcusdt/seed0/teacher",
+                   "tiny-btcusdt/seed0/features"):
+        assert stages[before]["cached"], before  # finished before the kill: reused
+    assert_same(_tables(run_dir), _tables(tiny_run))
