@@ -97,6 +97,18 @@ def test_checks_run_after_their_stage_and_stop_the_run(tmp_path):
     assert [name for name, _ in log] == ["a"]
 
 
+def test_a_stage_without_a_declared_output_fails_unmarked(tmp_path):
+    from cmm.errors import CmmError
+    from cmm.pipeline.executors import run_in_process
+    from cmm.pipeline.stages import MARKER
+
+    g = StageGraph()
+    g.add(Stage("a", "ka", tmp_path / "a", {}, _work([], "a"), outputs=("out.txt", "probe.json")))
+    with pytest.raises(CmmError, match=r"stage a finished without its output\(s\) probe.json"):
+        run_in_process(g, StageRunner(Display(enabled=False), Timings(None)))
+    assert (tmp_path / "a" / "out.txt").is_file() and not (tmp_path / "a" / MARKER).exists()
+
+
 def test_tiny_run_graph_is_declared_without_running(tiny_config, tmp_path):
     """configs/tiny.yaml's graph: every stage's folder inside the run folder, ids unique,
     every read declared before its reader, and the critical path ends at a replay."""
@@ -113,6 +125,11 @@ def test_tiny_run_graph_is_declared_without_running(tiny_config, tmp_path):
         assert all(ids.index(r) < i for r in s.reads), s.id
     kinds = {s.kind for s in g}
     assert {"data", "teacher", "features", "probe", "distill", "moe", "backtest"} <= kinds
+    # the stages the report and the later stages read from declare what they leave
+    declared = {s.kind: s.outputs for s in g}
+    assert "probe.json" in declared["probe"] and "experts.json" in declared["distill"]
+    assert "evaluation.json" in declared["moe"] and "records.parquet" in declared["backtest"]
+    assert "weights.safetensors" in declared["teacher"] and declared["features"]
     plan = pipe.plan()
     assert plan["stages"] == len(g) and plan["done"] == 0
     assert 0 < plan["critical_s"] <= plan["total_s"]

@@ -10,8 +10,10 @@ A backtest folder holds
   ``pnl_base`` (the net PnL at the base fee tier) when the replay charged another tier;
 - ``records.parquet``: one row per decision; ``fills.parquet``: one row per fill.
 
-The report reads these files (:mod:`cmm.report.tables`, :mod:`cmm.report.sections`). Each file is
-written atomically, so a reader never sees half of one.
+Their names are the backtest and crash stages' outputs in the stage contract
+(:attr:`cmm.pipeline.graph.Stage.outputs`); the report and ``cmm backtest`` read them through
+the readers here (:func:`read_metrics`, :func:`read_episodes`, :func:`read_records`,
+:func:`read_fills`). Each file is written atomically, so a reader never sees half of one.
 """
 
 from __future__ import annotations
@@ -28,7 +30,11 @@ if TYPE_CHECKING:
     from cmm.backtest.runner import BacktestResult
 
 SCHEMA_VERSION = 1
-FILES = ("metrics.json", "episodes.csv", "records.parquet", "fills.parquet")
+METRICS_FILE = "metrics.json"
+EPISODES_FILE = "episodes.csv"
+RECORDS_FILE = "records.parquet"
+FILLS_FILE = "fills.parquet"
+FILES = (METRICS_FILE, EPISODES_FILE, RECORDS_FILE, FILLS_FILE)
 
 
 @dataclass(frozen=True)
@@ -74,12 +80,54 @@ def write_backtest(folder: str | Path, result: BacktestResult, *, policy: dict,
         "dataset_key": result.settings.get("dataset_key"), "policy": policy,
         "latency_ns": latency_ns, "gate": gate, "wall_s": result.wall_s,
         "instrument": result.instrument.model_dump(mode="json"), "warnings": result.warnings}
-    write_json(folder / "metrics.json", payload)
+    write_metrics(folder, payload)
     episodes = episode_table(result)
-    with atomic_path(folder / "episodes.csv") as tmp:
+    with atomic_path(folder / EPISODES_FILE) as tmp:
         episodes.write_csv(tmp)
-    with atomic_path(folder / "records.parquet") as tmp:
+    with atomic_path(folder / RECORDS_FILE) as tmp:
         result.records.write_parquet(tmp)
-    with atomic_path(folder / "fills.parquet") as tmp:
+    with atomic_path(folder / FILLS_FILE) as tmp:
         result.fills.write_parquet(tmp)
     return Written(payload, episodes)
+
+
+def write_metrics(folder: str | Path, payload: dict) -> None:
+    """``metrics.json`` of the backtest in ``folder`` (``cmm backtest`` rewrites it once the
+    paired comparison with its baseline is known)."""
+    write_json(Path(folder) / METRICS_FILE, payload)
+
+
+def read_metrics(folder: str | Path) -> dict:
+    """``metrics.json`` of the backtest in ``folder`` (a damaged file: an error naming it)."""
+    import json
+
+    from cmm.io import reading
+
+    path = Path(folder) / METRICS_FILE
+    with reading(path):
+        return json.loads(path.read_text())
+
+
+def read_episodes(folder: str | Path) -> pl.DataFrame:
+    """``episodes.csv``: one row per episode."""
+    import polars as pl
+
+    from cmm.io import reading
+
+    path = Path(folder) / EPISODES_FILE
+    with reading(path):
+        return pl.read_csv(path)
+
+
+def read_records(folder: str | Path, columns: list[str] | None = None) -> pl.DataFrame:
+    """``records.parquet``: one row per decision (``columns``: only these)."""
+    from cmm.io import read_parquet
+
+    return read_parquet(Path(folder) / RECORDS_FILE, columns=columns)
+
+
+def read_fills(folder: str | Path) -> pl.DataFrame:
+    """``fills.parquet``: one row per fill."""
+    from cmm.io import read_parquet
+
+    return read_parquet(Path(folder) / FILLS_FILE)

@@ -337,9 +337,9 @@ def _replay_policy(ds, name: str, pol, split: str, run_cfg, bt_cfg, out: Path | 
 
 def _write_paired(runs: list[dict], base_name: str) -> None:
     """Each run's comparison with the baseline, in ``runs`` and in its metrics.json."""
-    from cmm.io import write_json
+    from cmm.backtest.artefacts import write_metrics
 
     paired = paired_to_baseline({r["name"]: r["values"] for r in runs}, base_name)
     for r in runs:  # each policy's metrics.json gets its comparison with the baseline
         r["paired"] = paired[r["name"]]
-        write_json(Path(r["folder"]) / "metrics.json", {**r["payload"], "paired": r["paired"]})
+        write_metrics(r["folder"], {**r["payload"], "paired": r["paired"]})

@@ -81,6 +81,7 @@ def moe(
     """Fit the Hajek-MoE and the gate controls on validation (experts frozen), save each
     variant's mixture (``<out>/cmm`` is the CMM), time the Quoter, and write the error table."""
     from cmm.config import MoEConfig, load_yaml_model
+    from cmm.moe import EVALUATION_FILE, EVALUATION_TABLE_FILE
     from cmm.moe.pipeline import run_moe
 
     cfg = load_yaml_model(MoEConfig, config) if config else MoEConfig()
@@ -88,8 +89,8 @@ def moe(
     teacher_dir = (teacher or _recorded_teacher(experts)) if teacher_row else None
     report = run_moe(ds, experts, cfg, out, measure_latency=latency, teacher_dir=teacher_dir)
     folder = Path(out or experts)
-    console.print((folder / "evaluation.md").read_text())
-    console.print(f"wrote {folder / 'evaluation.json'}, mixtures under {folder}")
+    console.print((folder / EVALUATION_TABLE_FILE).read_text())
+    console.print(f"wrote {folder / EVALUATION_FILE}, mixtures under {folder}")
     if report.get("latency"):
         console.print(f"latency: {report['latency']}")
 

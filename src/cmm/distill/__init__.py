@@ -7,3 +7,9 @@ distillation baselines and the ablations beside them. Modules, in reading order:
 (where independent fits run), ``plan`` (which students, on which samples), ``pipeline`` (the
 stage: inputs checked, artefact written).
 """
+
+# The files the distill stage leaves in its folder (its outputs in the stage contract,
+# cmm.pipeline.graph.Stage.outputs); its writer and its readers use these names.
+META_FILE = "experts.json"
+TENSORS_FILE = "experts.safetensors"
+OUTPUTS = (META_FILE, TENSORS_FILE)

@@ -22,18 +22,18 @@ import numpy as np
 from safetensors.numpy import save_file
 
 from cmm.config import DistillConfig
+from cmm.distill import META_FILE, TENSORS_FILE
 from cmm.distill.executor import DoneFn, Executor, get_executor
 from cmm.distill.plan import SplitArrays, Variant, build_jobs, build_variants, resolve_assignment
 from cmm.distill.students import StudentSpec
 from cmm.distill.train import StudentResult, train_student
 from cmm.errors import InputError, StaleArtefactError
 from cmm.io import atomic_path, load_safetensors, read_artefact_meta, sha256_file, write_json
+from cmm.probe import PROBE_FILE
 from cmm.vocabulary import TASKS
 
 SCHEMA_VERSION = 1
 KIND = "cmm.experts"
-META_FILE = "experts.json"
-TENSORS_FILE = "experts.safetensors"
 
 
 def read_probe(path: str | Path, teacher_dir: Path, dataset) -> dict:
@@ -81,7 +81,7 @@ def run_distill(dataset, teacher_dir: str | Path, config: DistillConfig, out_dir
     num_blocks, width = train.hidden.shape[1], train.hidden.shape[2]
     probe = None
     if config.assignment is None:
-        probe = read_probe(probe_path or teacher_dir.parent / "probe" / "probe.json",
+        probe = read_probe(probe_path or teacher_dir.parent / "probe" / PROBE_FILE,
                            teacher_dir, dataset)
         groups = {k: list(v) for k, v in probe["groups"].items()}
     else:

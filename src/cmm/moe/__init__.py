@@ -7,6 +7,12 @@ predictions, weights and ladder orders out, with no torch. Modules: ``gates``, `
 ``latency``, ``policy`` (the ``cmm`` backtest policy), ``pipeline`` (the stage).
 """
 
-from cmm.moe.quoter import Decision, Quoter
+# The files the moe stage leaves in its folder beside one folder per mixture (its outputs in the
+# stage contract, cmm.pipeline.graph.Stage.outputs); its writer and its readers use these names.
+EVALUATION_FILE = "evaluation.json"
+EVALUATION_TABLE_FILE = "evaluation.md"
+OUTPUTS = (EVALUATION_FILE, EVALUATION_TABLE_FILE)
+
+from cmm.moe.quoter import Decision, Quoter  # noqa: E402
 
 __all__ = ["Decision", "Quoter"]

@@ -28,6 +28,7 @@ from cmm.distill.pipeline import read_experts
 from cmm.distill.train import load_student
 from cmm.io import atomic_path, write_json
 from cmm.metrics import latency_field, regression_metrics
+from cmm.moe import EVALUATION_FILE, EVALUATION_TABLE_FILE
 from cmm.moe.artefact import META_FILE, save_mixture
 from cmm.moe.latency import measure_all_in_subprocess
 from cmm.moe.mixture import MixtureModel, fit_gates
@@ -95,8 +96,8 @@ def run_moe(dataset, experts_dir: str | Path, config: MoEConfig, out_dir: str | 
                                 for s in EVALUATED_SPLITS},
               "stop_sources": {s["name"]: s["record"]["stop_source"] for s in meta["students"]},
               "seconds": time.perf_counter() - t0}
-    write_json(out_dir / "evaluation.json", report)
-    with atomic_path(out_dir / "evaluation.md") as tmp:
+    write_json(out_dir / EVALUATION_FILE, report)
+    with atomic_path(out_dir / EVALUATION_TABLE_FILE) as tmp:
         tmp.write_text(evaluation_table(report))
     return report
 

@@ -12,6 +12,9 @@ A :class:`Stage` declares everything a run needs to know about it before it runs
 - ``work(folder, on_progress, reads)``: writes its outputs into ``folder`` and returns a small
   JSON-able ``info`` (kept in ``stage.json``); ``reads`` maps each read stage's id to its
   :class:`~cmm.pipeline.stages.StageResult` (folder, info);
+- ``outputs``: the files its work must leave in ``folder``, by the names their readers use
+  (owned by the stage's package: ``cmm.probe.OUTPUTS``, ``cmm.backtest.artefacts.FILES``...);
+  a work that returns without one of them fails, and the stage is not marked done;
 - ``resources``: what one run of it asks of a worker (``num_cpus``, ``num_gpus``);
 - ``checks``: what the run checks in the driver once it is done or found done (the data
   stage's: every split holds windows), before any stage that reads it.
@@ -53,6 +56,7 @@ class Stage:
     aliases: tuple[str, ...] = ()  # other keys by which later inputs name this one's output
     resources: dict = field(default_factory=lambda: {"num_cpus": 1})
     checks: Callable[[Any], None] | None = None
+    outputs: tuple[str, ...] = ()
 
     @cached_property
     def key(self) -> str:

@@ -46,6 +46,8 @@ log = logging.getLogger("cmm.run")  # the run's logger: its warnings go to logs/
 
 Source = Literal["registry", "teacher", "mixture"]
 SPLIT = "test"  # the split every replay of a run is of
+# a mixture replay's gate weights per decision, beside the backtest's files (report: the figure)
+GATE_WEIGHTS_FILE = "weights.npz"
 
 # Report names of what a run backtests beyond the registry's policies (whose names are in
 # cmm.strategy.policy.POLICIES): mixtures, distillation baselines, ablations, controls, and
@@ -274,7 +276,7 @@ def _save_weights(policy, ds, out: Path) -> None:
     experts = {t: [names[i] if i < len(names) else f"expert {i}"
                    for i, _ in meta.get("routes", {}).get(t, [])]
                for t in quoter.mixture.tasks}
-    with atomic_path(out / "weights.npz") as tmp:
+    with atomic_path(out / GATE_WEIGHTS_FILE) as tmp:
         with open(tmp, "wb") as f:
             np.savez_compressed(f, weights=weights.astype(np.float32),
                                 ts_ns=samples["ts_ns"].to_numpy(),

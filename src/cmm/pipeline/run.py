@@ -37,10 +37,13 @@ from typing import Any
 
 import numpy as np
 
+from cmm.backtest.artefacts import FILES as BACKTEST_OUTPUTS
 from cmm.config import RunConfig
+from cmm.distill import OUTPUTS as DISTILL_OUTPUTS
 from cmm.errors import InputError
 from cmm.io import atomic_path, default_cache_dir, write_json
 from cmm.io import file_lock, remove_stale_temporaries
+from cmm.moe import OUTPUTS as MOE_OUTPUTS
 from cmm.pipeline.executors import Executor, run_in_process
 from cmm.pipeline.graph import Stage, StageGraph
 from cmm.pipeline.layout import RunLayout, teacher_seed, teacher_seeds
@@ -48,6 +51,10 @@ from cmm.pipeline.policies import SPLIT, PolicySpec, build_policy, policy_specs,
 from cmm.pipeline.policies import run_seed
 from cmm.pipeline.runinfo import git_revision, machine
 from cmm.pipeline.stages import Display, StageResult, StageRunner, Timings, jsonable
+from cmm.probe import OUTPUTS as PROBE_OUTPUTS
+from cmm.probe import PROBE_FILE
+from cmm.teacher import FEATURES_OUTPUTS
+from cmm.teacher import OUTPUTS as TEACHER_OUTPUTS
 
 log = logging.getLogger("cmm.run")
 
@@ -383,14 +390,15 @@ class Pipeline:
 
         pr = g.add(Stage(L.stage_id(probe_dir), "probe", probe_dir,
                          {"teacher": teacher.key, "probe": jsonable(c.probe)}, probe,
-                         reads=(ref.stage_id, t_id, f_id), scope=d_slug, resources=_TORCH))
+                         reads=(ref.stage_id, t_id, f_id), scope=d_slug, resources=_TORCH,
+                         outputs=PROBE_OUTPUTS))
         p_id = pr.id
 
         def experts(folder: Path, on_progress, reads) -> dict:
             from cmm.distill.pipeline import run_distill
 
             meta = run_distill(ref(reads), reads[t_id].folder, c.distill, folder,
-                               probe_path=reads[p_id].folder / "probe.json",
+                               probe_path=reads[p_id].folder / PROBE_FILE,
                                on_done=lambda k, n: on_progress("students", k, n))
             return {"assignment": meta["assignment"], "parameters": meta["parameters"]}
 
@@ -399,7 +407,7 @@ class Pipeline:
                            {"features": feats.key, "probe": pr.key,
                             "distill": jsonable(c.distill)}, experts,
                            reads=(ref.stage_id, t_id, f_id, p_id), scope=d_slug,
-                           resources=_TORCH))
+                           resources=_TORCH, outputs=DISTILL_OUTPUTS))
         x_id = dist.id
 
         def mixtures(folder: Path, on_progress, reads) -> dict:
@@ -414,7 +422,8 @@ class Pipeline:
         # "latency": mixtures store every gate's measured latency (older stages: cmm's only)
         moe = g.add(Stage(L.stage_id(moe_dir), "moe", moe_dir,
                           {"distill": dist.key, "moe": jsonable(c.moe), "latency": "per-gate"},
-                          mixtures, reads=(ref.stage_id, f_id, x_id), scope=d_slug))
+                          mixtures, reads=(ref.stage_id, f_id, x_id), scope=d_slug,
+                          outputs=MOE_OUTPUTS))
         return {"teacher": teacher, "features": feats, "probe": pr, "distill": dist,
                 "moe": moe}
 
@@ -450,7 +459,8 @@ class Pipeline:
 
         teacher = g.add(Stage(t_id, "teacher", t_dir,
                               {"data": d_key, "teacher": jsonable(teacher_cfg)}, fit,
-                              reads=(ref.stage_id,), scope=d_slug, resources=_TORCH))
+                              reads=(ref.stage_id,), scope=d_slug, resources=_TORCH,
+                              outputs=TEACHER_OUTPUTS))
         if not distill:
             return teacher, None
 
@@ -467,7 +477,7 @@ class Pipeline:
         feats = g.add(Stage(f_id, "features", t_dir / "features",
                             {"teacher": teacher.key, "batch_size": teacher_cfg.infer_batch_size},
                             features, reads=(ref.stage_id, t_id), scope=d_slug,
-                            resources=_TORCH))
+                            resources=_TORCH, outputs=FEATURES_OUTPUTS))
         return teacher, feats
 
     def _rl(self, g: StageGraph, ref: DatasetRef, d_key: str, d_slug: str, c: RunConfig,
@@ -560,7 +570,8 @@ class Pipeline:
         folder = self.layout.replay(d_slug, spec.slug, seed if spec.seeded else None,
                                     "backtest" if crash is None else "crash")
         return g.add(Stage(self.layout.stage_id(folder), "backtest", folder, inputs, work,
-                           reads=tuple(dict.fromkeys(reads)), scope=d_slug))
+                           reads=tuple(dict.fromkeys(reads)), scope=d_slug,
+                           outputs=BACKTEST_OUTPUTS))
 
     # ------------------------------------------------------------------------------ report
     def _report(self) -> None:

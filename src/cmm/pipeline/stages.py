@@ -46,6 +46,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from cmm.errors import CmmError
 from cmm.io import RESUME_DIR, check_folder, folder_checksums, write_json
 from cmm.pipeline.graph import SCHEMA_VERSION, ProgressFn, Stage, strings_in
 
@@ -372,6 +373,10 @@ def execute_stage(stage: Stage, upstream: dict[str, str | None],
     t0 = time.perf_counter()
     stamp = uuid.uuid4().hex[:16]
     info = stage.work(folder, on_progress, reads) or {}
+    missing = [name for name in stage.outputs if not (folder / name).exists()]
+    if missing:  # the contract: a stage is marked done only with every output it declares
+        raise CmmError(f"stage {stage.id} finished without its output(s) "
+                       f"{', '.join(missing)} in {folder}; it is not marked done")
     seconds = time.perf_counter() - t0
     _hold(stage.id)
     write_json(folder / MARKER, {

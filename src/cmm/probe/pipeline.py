@@ -16,6 +16,7 @@ import numpy as np
 
 from cmm.config import ProbeConfig
 from cmm.io import sha256_file, write_json
+from cmm.probe import FIGURE_FILE, PROBE_FILE
 from cmm.probe.fluorescent import FluorescentProbe
 from cmm.probe.plot import plot_probe
 from cmm.vocabulary import REGIMES
@@ -51,7 +52,8 @@ def windows_per_regime_used(regimes: np.ndarray) -> dict[str, int]:
 
 def run_probe(teacher_dir: str | Path, dataset, config: ProbeConfig, out_dir: str | Path,
               device: str = "cpu", on_progress=None) -> dict:
-    from cmm.teacher.store import WEIGHTS_FILE, load_teacher, read_meta
+    from cmm.teacher import WEIGHTS_FILE
+    from cmm.teacher.store import load_teacher, read_meta
 
     t0 = time.perf_counter()
     teacher_dir, out_dir = Path(teacher_dir), Path(out_dir)
@@ -78,7 +80,7 @@ def run_probe(teacher_dir: str | Path, dataset, config: ProbeConfig, out_dir: st
                     "weights_sha256": sha256_file(teacher_dir / WEIGHTS_FILE)},
         "seconds": time.perf_counter() - t0,
     })
-    write_json(out_dir / "probe.json", result)
+    write_json(out_dir / PROBE_FILE, result)
     title = f"{meta['backbone']['name']} ({meta['backbone']['init']}) on {dataset.name}"
-    plot_probe(result, out_dir / "probe.png", title)
+    plot_probe(result, out_dir / FIGURE_FILE, title)
     return result

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import polars as pl
-
-from cmm.io import read_parquet
+from cmm.backtest.artefacts import read_episodes, read_fills, read_records
 from cmm.pipeline.layout import RunLayout
+from cmm.pipeline.policies import GATE_WEIGHTS_FILE
+from cmm.pipeline.stages import MARKER
 from cmm.report import figures as FIG
 from cmm.report.answer import answer_blocks
 from cmm.report.blocks import Block, fmt, interval, num, times_text
@@ -358,9 +358,8 @@ def _figure_blocks(run_dir: Path, manifest: dict, d: dict, t: dict, fig_dir: Pat
     curves = {}
     for p in manifest["policies"]:
         folder = layout.policy_replay(slug, p, seed)
-        if p["slug"] in want and (folder / "stage.json").is_file():
-            curves[p["label"]] = (read_parquet(folder / "records.parquet"),
-                                  pl.read_csv(folder / "episodes.csv"))
+        if p["slug"] in want and (folder / MARKER).is_file():
+            curves[p["label"]] = (read_records(folder), read_episodes(folder))
     if curves:
         B.append(Block("img", "Equity and inventory over the test episodes", path=
                        FIG.equity_inventory(curves, fig_dir / f"{slug}-equity.png",
@@ -373,10 +372,9 @@ def _figure_blocks(run_dir: Path, manifest: dict, d: dict, t: dict, fig_dir: Pat
         vol = eps["volatility"]
         sample = max(eps["volatile"], key=lambda e: vol[e])
     cmm = layout.replay(slug, "cmm", seed)
-    if (cmm / "stage.json").is_file():
+    if (cmm / MARKER).is_file():
         B.append(Block("img", f"CMM quotes over the mid, test episode {sample}", path=
-                       FIG.quotes_over_mid(read_parquet(cmm / "records.parquet"),
-                                           read_parquet(cmm / "fills.parquet"), sample,
+                       FIG.quotes_over_mid(read_records(cmm), read_fills(cmm), sample,
                                            fig_dir / f"{slug}-quotes.png",
                                            f"{d['dataset']}: CMM quotes, test episode {sample} "
                                            f"(the most volatile)" if rep.get(
@@ -384,18 +382,17 @@ def _figure_blocks(run_dir: Path, manifest: dict, d: dict, t: dict, fig_dir: Pat
                                            f"{d['dataset']}: CMM quotes, test episode {sample}",
                                            rep["dpi"])))
     crash_cmm = layout.replay(slug, "cmm", seed, "crash")
-    if d.get("crash") and (crash_cmm / "stage.json").is_file():
+    if d.get("crash") and (crash_cmm / MARKER).is_file():
         c = d["crash"]["crashes"][sample] if sample < len(d["crash"]["crashes"]) else \
             d["crash"]["crashes"][0]
         ep = sample if sample < len(d["crash"]["crashes"]) else 0
         B.append(Block("img", "CMM through a flash crash", path=FIG.quotes_over_mid(
-            read_parquet(crash_cmm / "records.parquet"),
-            read_parquet(crash_cmm / "fills.parquet"), ep, fig_dir / f"{slug}-crash.png",
+            read_records(crash_cmm), read_fills(crash_cmm), ep, fig_dir / f"{slug}-crash.png",
             f"{d['dataset']}: CMM quotes through a synthetic flash crash (shaded), episode {ep}",
             rep["dpi"], shade=(c["start_ns"], c["end_ns"]))))
-    if (cmm / "weights.npz").is_file():
+    if (cmm / GATE_WEIGHTS_FILE).is_file():
         B.append(Block("img", "Expert weights over time", path=FIG.expert_weights(
-            cmm / "weights.npz", fig_dir / f"{slug}-weights.png",
+            cmm / GATE_WEIGHTS_FILE, fig_dir / f"{slug}-weights.png",
             f"{d['dataset']}: Hájek-MoE weights per task on the test split, background = "
             "volatility regime", rep["dpi"])))
     return B

@@ -26,9 +26,13 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from cmm.backtest.artefacts import RECORDS_FILE, read_episodes, read_metrics, read_records
 from cmm.io import reading
 from cmm.metrics import pnl_map, rpt, sharpe
+from cmm.moe import EVALUATION_FILE
 from cmm.pipeline.layout import TEACHER_NAMES, RunLayout, teacher_seed_list
+from cmm.pipeline.stages import MARKER
+from cmm.teacher import METRICS_FILE as TEACHER_METRICS_FILE
 from cmm.vocabulary import TASKS  # the report's sections import it from here
 
 PREDICTION_COLUMNS = (*(f"r2_{t}" for t in TASKS), "direction3_acc", "direction3_f1")
@@ -121,11 +125,9 @@ def _json(path: Path) -> dict:
 
 
 def _read_backtest(folder: Path) -> tuple[pl.DataFrame, dict] | None:
-    if not (folder / "stage.json").is_file():
+    if not (folder / MARKER).is_file():
         return None
-    meta = _json(folder / "metrics.json")
-    with reading(folder / "episodes.csv"):
-        return pl.read_csv(folder / "episodes.csv"), meta
+    return read_episodes(folder), read_metrics(folder)
 
 
 def load_results(run_dir: Path, manifest: dict, dataset: dict, scenario: str = "backtest"
@@ -208,9 +210,7 @@ def flip(verdict: str) -> str:
 def skipped_decisions(folder: Path) -> tuple[int, int]:
     """(decisions skipped because the policy was still busy, decision points) of a backtest:
     the records' ``acted`` column, 0 = busy."""
-    from cmm.io import read_parquet
-
-    acted = read_parquet(folder / "records.parquet", columns=["acted"])["acted"].to_numpy()
+    acted = read_records(folder, columns=["acted"])["acted"].to_numpy()
     return int((acted == 0).sum()), int(len(acted))
 
 
@@ -221,9 +221,9 @@ def prediction_metrics(run_dir: Path, manifest: dict, dataset: dict) -> dict[str
     layout, slug = RunLayout.of_manifest(run_dir, manifest), dataset["slug"]
     rows: dict[str, dict[str, list]] = {}
     for seed in manifest["seeds"]:
-        for prefix, ev in (("", layout.moe(slug, seed) / "evaluation.json"),
+        for prefix, ev in (("", layout.moe(slug, seed) / EVALUATION_FILE),
                            ("control: ", layout.moe(slug, seed, control=True)
-                            / "evaluation.json")):
+                            / EVALUATION_FILE)):
             if not ev.is_file():
                 continue
             for r in _json(ev)["rows"]:
@@ -241,7 +241,7 @@ def prediction_metrics(run_dir: Path, manifest: dict, dataset: dict) -> dict[str
     for name, t_name in zip(("teacher", "teacher-random", "teacher-random"), TEACHER_NAMES,
                             strict=True):
         for folder in layout.teachers(slug, t_name):
-            path = folder / "metrics.json"
+            path = folder / TEACHER_METRICS_FILE
             if path.is_file():
                 test = _json(path)["models"]["teacher"]["test"]
                 for t in TASKS:
@@ -292,11 +292,11 @@ def prediction_table(run_dir: Path, manifest: dict, dataset: dict, gates: dict,
 
     for seed in manifest["seeds"]:
         t_dir = layout.teacher(slug, seed)
-        teacher = t_dir / "metrics.json"
+        teacher = t_dir / TEACHER_METRICS_FILE
         models = _json(teacher)["models"] if first_time(t_dir) and teacher.is_file() else {}
         for folder in (layout.teacher(slug, seed, name) for name in TEACHER_NAMES[1:]):
-            if (folder / "metrics.json").is_file():
-                rnd = _json(folder / "metrics.json")["models"]
+            if (folder / TEACHER_METRICS_FILE).is_file():
+                rnd = _json(folder / TEACHER_METRICS_FILE)["models"]
                 if first_time(folder) and "teacher" in rnd and "test" in rnd["teacher"]:
                     add("teacher-random", rnd["teacher"]["test"])
                 break
@@ -418,7 +418,7 @@ def _mixture_gates(run_dir: Path, manifest: dict, d: dict) -> dict[str, list[str
     ran; {} where none did)."""
     layout = RunLayout.of_manifest(run_dir, manifest)
     for seed in manifest["seeds"]:
-        ev = layout.moe(d["slug"], seed) / "evaluation.json"
+        ev = layout.moe(d["slug"], seed) / EVALUATION_FILE
         if ev.is_file():
             return {k: v["gates"] for k, v in _json(ev)["mixtures"].items()}
     return {}
@@ -528,7 +528,7 @@ def _latency_price(run_dir: Path, manifest: dict, d: dict, res: dict[str, Policy
         busy = total = 0
         for seed in manifest["seeds"][:1] if res[s].shared else res[s].seeds:
             folder = layout.policy_replay(d["slug"], policies[s], seed)
-            if (folder / "records.parquet").is_file():
+            if (folder / RECORDS_FILE).is_file():
                 b, n = skipped_decisions(folder)
                 busy, total = busy + b, total + n
         rows.append({"slug": s, "label": res[s].label, "EPnL": m["EPnL"].to_json(),

@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 from cmm.pipeline.layout import TEACHER_NAMES, RunLayout, teacher_seed, teacher_seed_list
+from cmm.probe import FIGURE_FILE, PROBE_FILE
 from cmm.report import figures as FIG
 from cmm.report.blocks import Block, fmt, num
 from cmm.report.tables import TASKS
@@ -148,7 +149,7 @@ STOPS = {"early_stopping": "early stopping (validation loss no longer improving)
 def _fit_of(folder: Path) -> dict | None:
     """The ``fit`` of a teacher folder's ``teacher.json``, with the teacher's ``settings`` and
     ``backbone`` beside it (None: no fitted teacher, or no recorded checks)."""
-    from cmm.teacher.store import META_FILE
+    from cmm.teacher import META_FILE
 
     path = folder / META_FILE
     if not path.is_file():
@@ -265,9 +266,9 @@ def probe_rows(run_dir: Path, manifest: dict, d: dict) -> list[tuple[list[str], 
     out = []
     for seed in manifest["seeds"]:
         p = layout.probe(d["slug"], seed)
-        if not (p / "probe.json").is_file():
+        if not (p / PROBE_FILE).is_file():
             continue
-        probe = json.loads((p / "probe.json").read_text())
+        probe = json.loads((p / PROBE_FILE).read_text())
         pattern = probe.get("paper_pattern", {})
         verdict = ("n/a" if not pattern.get("applicable") else
                    "holds" if pattern.get("holds") else "does not hold")
@@ -298,8 +299,8 @@ def probe_blocks(run_dir: Path, manifest: dict, d: dict, fig_dir: Path) -> list[
         B.append(Block("table", "task → layer group of the teacher; the paper found shallow → "
                                 "mid-price, middle → spread, deep → volume",
                        ["seed", "assignment", "paper's pattern"], rows))
-        if (first / "probe.png").is_file():
+        if (first / FIGURE_FILE).is_file():
             dst = fig_dir / f"{d['slug']}-probe.png"
-            shutil.copyfile(first / "probe.png", dst)
+            shutil.copyfile(first / FIGURE_FILE, dst)
             B.append(Block("img", "Probe specialisation map S[l, k] (first seed)", path=dst))
     return B

@@ -9,6 +9,18 @@ early stopping), ``evaluate`` (metrics and baselines), ``latency``, ``features``
 
 import os as _os
 
+# The files the teacher stage leaves in its folder, and the features stage in its ``features/``
+# (their outputs in the stage contract, cmm.pipeline.graph.Stage.outputs); writers and readers
+# use these names.
+META_FILE = "teacher.json"
+WEIGHTS_FILE = "weights.safetensors"
+METRICS_FILE = "metrics.json"
+LATENCY_FILE = "latency.json"
+OUTPUTS = (META_FILE, WEIGHTS_FILE, METRICS_FILE, LATENCY_FILE)
+FEATURES_DIR = "features"
+FEATURES_INDEX_FILE = "index.json"
+FEATURES_OUTPUTS = (FEATURES_INDEX_FILE,)
+
 # On a machine whose cores are shared, OpenMP threads that spin while waiting make torch several
 # times slower (measured: a SmolLM2 training step 10 s instead of 1.8 s on 2 busy cores). Only
 # effective when set before torch is first imported.

@@ -23,10 +23,10 @@ from cmm.io import atomic_path, reading, sha256_file, write_json
 from cmm.teacher.data import TeacherDataset
 from cmm.teacher.fit import ProgressFn, _noop, predict_windows
 from cmm.teacher.model import TeacherModel
-from cmm.teacher.store import WEIGHTS_FILE, StaleArtefactError
+from cmm.teacher import FEATURES_DIR, FEATURES_INDEX_FILE, WEIGHTS_FILE
+from cmm.teacher.store import StaleArtefactError
 from cmm.vocabulary import SPLITS
 
-FEATURES_DIR = "features"
 SCHEMA_VERSION = 1
 
 
@@ -83,7 +83,7 @@ def extract_features(model: TeacherModel, dataset: TeacherDataset, teacher_dir: 
             save_file(tensors, str(tmp), metadata=meta)
         index["splits"][split] = {"file": path.name, "windows": len(windows),
                                   "bytes": path.stat().st_size}
-    write_json(out_dir / "index.json", index)
+    write_json(out_dir / FEATURES_INDEX_FILE, index)
     return index
 
 
@@ -115,7 +115,7 @@ def load_features(teacher_dir: str | Path, split: str, dataset: TeacherDataset |
 
 
 def read_index(teacher_dir: str | Path) -> dict:
-    path = Path(teacher_dir) / FEATURES_DIR / "index.json"
+    path = Path(teacher_dir) / FEATURES_DIR / FEATURES_INDEX_FILE
     if not path.is_file():
         raise InputError("no teacher features here; run `cmm teacher features` first", file=path)
     return json.loads(path.read_text())

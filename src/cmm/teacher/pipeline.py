@@ -16,7 +16,8 @@ from cmm.teacher.data import TeacherDataset
 from cmm.teacher.evaluate import baseline_predictions, evaluate_teacher, metrics_table
 from cmm.teacher.fit import ProgressFn, _noop, fit_teacher, peak_memory_mib, predict_windows
 from cmm.teacher.latency import measure_latency
-from cmm.teacher.store import LATENCY_FILE, METRICS_FILE, save_teacher
+from cmm.teacher import LATENCY_FILE, METRICS_FILE
+from cmm.teacher.store import save_teacher
 from cmm.vocabulary import EVALUATED_SPLITS
 
 

@@ -24,7 +24,8 @@ from cmm.io import reading
 from cmm.metrics import latency_field
 from cmm.strategy.policy import DecisionPlan, Policy, Predictions, register_policy
 from cmm.teacher.latency import charged_ns
-from cmm.teacher.store import LATENCY_FILE, StaleArtefactError, check_data, read_meta
+from cmm.teacher import LATENCY_FILE
+from cmm.teacher.store import StaleArtefactError, check_data, read_meta
 
 
 def teacher_latency_ns(folder: str | Path, latency_ns: int | None = None,

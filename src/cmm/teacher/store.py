@@ -23,15 +23,12 @@ from safetensors.torch import save_file
 from cmm.config import TeacherConfig
 from cmm.errors import InputError, StaleArtefactError  # noqa: F401 (re-exported)
 from cmm.io import atomic_path, load_safetensors, write_json
+from cmm.teacher import META_FILE, WEIGHTS_FILE
 from cmm.teacher.backbone import load_backbone
 from cmm.teacher.device import resolve_device
 from cmm.teacher.model import TeacherModel, build_teacher
 
 SCHEMA_VERSION = 1
-META_FILE = "teacher.json"
-WEIGHTS_FILE = "weights.safetensors"
-METRICS_FILE = "metrics.json"
-LATENCY_FILE = "latency.json"
 
 
 def save_teacher(folder: str | Path, model: TeacherModel, meta: dict) -> Path:
