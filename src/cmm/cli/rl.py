@@ -58,6 +58,7 @@ def train(
     cfg = validate_model(RLConfig, data)
     ds = prepare_dataset(dataset)
 
+    from cmm.rl import SIM_GAP_FILE
     from cmm.rl.train import train_agent
 
     def log(entry: dict) -> None:
@@ -92,6 +93,6 @@ def train(
         console.print(f"simulator vs hftbacktest on {gap['episodes']} {gap['split']} episodes: "
                       f"EPnL {gap['sim_pnl_mean']:.4g} vs {gap['hbt_pnl_mean']:.4g}, fills "
                       f"{gap['sim_fills_mean']:.4g} vs {gap['hbt_fills_mean']:.4g} per episode; "
-                      f"{diff}  ({result.folder / 'sim_gap.json'})", highlight=False)
+                      f"{diff}  ({result.folder / SIM_GAP_FILE})", highlight=False)
     console.print(f"saved: {result.folder}  (backtest: cmm backtest --dataset {ds.name} "
                   f"--policy {algo} --split validation)")

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from cmm.data import FEATURES_FILE, META_FILE
 from cmm.data import features as F
 from cmm.data.prepare import (
     PreparedDataset,
@@ -37,7 +38,7 @@ class DerivedDataset:
         self.source = source
         self.steps = source.steps
         self.samples = source.samples
-        self.features = read_parquet(source.artefact("features.parquet"))
+        self.features = read_parquet(source.artefact(FEATURES_FILE))
         self.events: dict[int, np.ndarray] = {}  # session id -> its new finalized events
 
     def replace_session(self, session_id: int, events: np.ndarray) -> bool:
@@ -85,7 +86,7 @@ class DerivedDataset:
         ``key`` and ``extra_meta``'s entries) and open it."""
         ds = self.source
         out_dir = Path(out_dir)
-        meta = json.loads((ds.folder / "meta.json").read_text())
+        meta = json.loads((ds.folder / META_FILE).read_text())
         meta["key"] = key
         meta.update(extra_meta)
         with atomic_dir(out_dir) as tmp:

@@ -30,6 +30,7 @@ import numpy as np
 import polars as pl
 
 from cmm.config import DataConfig, GridConfig
+from cmm.data import FEATURES_FILE, META_FILE, SAMPLES_FILE, STEPS_FILE
 from cmm.data import features as F
 from cmm.data.events import (
     DEPTH_EVENT,
@@ -116,7 +117,7 @@ def prepare_dataset(name_or_spec: str | Path | DatasetSpec, config: DataConfig |
     # One build per key at a time: a second process waits, then loads what the first built.
     with file_lock(root / f".{folder.name}.lock", wait=True,
                    what=f"the preparation of {folder}"):
-        if (folder / "meta.json").is_file():
+        if (folder / META_FILE).is_file():
             try:
                 return PreparedDataset(folder, verify=True)
             except CorruptArtefactError as exc:  # heal: rebuild the folder, replacing it whole
@@ -399,11 +400,11 @@ def write_tables(out: Path, steps: pl.DataFrame, features: pl.DataFrame, samples
                  meta: dict) -> None:
     """Write a prepared dataset's tables into folder ``out``, then its ``meta.json``: ``meta``
     with the ``checksums`` of every file in the folder (the event files written before too)."""
-    steps.write_parquet(out / "steps.parquet")
-    features.write_parquet(out / "features.parquet")
-    samples.write_parquet(out / "samples.parquet")
-    write_json(out / "meta.json", {**meta,
-                                   "checksums": folder_checksums(out, exclude=("meta.json",))})
+    steps.write_parquet(out / STEPS_FILE)
+    features.write_parquet(out / FEATURES_FILE)
+    samples.write_parquet(out / SAMPLES_FILE)
+    write_json(out / META_FILE, {**meta,
+                                   "checksums": folder_checksums(out, exclude=(META_FILE,))})
 
 
 class PreparedDataset:
@@ -413,15 +414,15 @@ class PreparedDataset:
 
     def __init__(self, folder: str | Path, verify: bool = False) -> None:
         self.folder = Path(folder)
-        with reading(self.folder / "meta.json"):
-            self.meta = json.loads((self.folder / "meta.json").read_text())
+        with reading(self.folder / META_FILE):
+            self.meta = json.loads((self.folder / META_FILE).read_text())
         self.checksums: dict[str, dict] = self.meta.get("checksums") or {}
         bad = check_folder(self.folder, self.checksums, checksum=verify)
         if bad is not None:
             raise CorruptArtefactError(bad[1], file=bad[0])
         if self.meta.get("schema_version") != SCHEMA_VERSION:
             raise InputError("prepared dataset has another schema version; prepare it again",
-                             file=self.folder / "meta.json", field="schema_version",
+                             file=self.folder / META_FILE, field="schema_version",
                              expected=str(SCHEMA_VERSION), got=self.meta.get("schema_version"))
         self.spec = DatasetSpec.model_validate(self.meta["spec"])
         self.config = DataConfig.model_validate(self.meta["config"])
@@ -429,8 +430,8 @@ class PreparedDataset:
         self.feature_names: list[str] = self.meta["feature_names"]
         self.sessions = [SessionInfo(**s) for s in self.meta["sessions"]]
         self.regime_thresholds = tuple(self.meta["regime_thresholds"])
-        self.steps = read_parquet(self.artefact("steps.parquet"))
-        self.samples = read_parquet(self.artefact("samples.parquet"))
+        self.steps = read_parquet(self.artefact(STEPS_FILE))
+        self.samples = read_parquet(self.artefact(SAMPLES_FILE))
         self._features: np.ndarray | None = None
 
     def artefact(self, name: str) -> Path:
@@ -460,7 +461,7 @@ class PreparedDataset:
         """(n_steps, F) float32 features of every session, back to back in ``steps`` order,
         scaled with training statistics; read once and shared by every window view."""
         if self._features is None:
-            raw = read_parquet(self.artefact("features.parquet")).to_numpy().astype(np.float64)
+            raw = read_parquet(self.artefact(FEATURES_FILE)).to_numpy().astype(np.float64)
             scaled = (raw - np.asarray(self.meta["scaler_mean"])) / np.asarray(self.meta["scaler_std"])
             self._features = scaled.astype(np.float32)
         return self._features

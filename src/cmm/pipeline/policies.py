@@ -48,6 +48,9 @@ Source = Literal["registry", "teacher", "mixture"]
 SPLIT = "test"  # the split every replay of a run is of
 # a mixture replay's gate weights per decision, beside the backtest's files (report: the figure)
 GATE_WEIGHTS_FILE = "weights.npz"
+PREDICTION_FILE = "prediction.json"  # a mixture replay's test-split prediction errors
+# a teacher that is not distilled: its test-split predictions, written by its fit stage
+TEACHER_PREDICTIONS_FILE = "test_predictions.npy"
 
 # Report names of what a run backtests beyond the registry's policies (whose names are in
 # cmm.strategy.policy.POLICIES): mixtures, distillation baselines, ablations, controls, and
@@ -197,8 +200,8 @@ def build_policy(spec: PolicySpec, ds, target, c: RunConfig, chain: dict, settin
             from cmm.teacher.features import load_features
 
             pred = load_features(t_dir, SPLIT, ds).pred.astype(np.float64)
-        elif target is ds and (t_dir / "test_predictions.npy").is_file():
-            pred = np.load(t_dir / "test_predictions.npy")
+        elif target is ds and (t_dir / TEACHER_PREDICTIONS_FILE).is_file():
+            pred = np.load(t_dir / TEACHER_PREDICTIONS_FILE)
         else:
             from cmm.teacher.pipeline import teacher_predict
 
@@ -215,8 +218,10 @@ def build_policy(spec: PolicySpec, ds, target, c: RunConfig, chain: dict, settin
     from cmm.moe.policy import CmmPolicy, mixture_latency_ns  # registers "cmm"
 
     folder = Path(chain["moe_dir"]) / spec.name
-    with reading(folder / "mixture.json"):
-        meta = json.loads((folder / "mixture.json").read_text())
+    from cmm.moe.artefact import META_FILE as MIXTURE_META_FILE
+
+    with reading(folder / MIXTURE_META_FILE):
+        meta = json.loads((folder / MIXTURE_META_FILE).read_text())
     gates = list(meta.get("gates", {})) or chain.get("gates", {}).get(spec.name, ["mean"])
     gate = spec.gate if spec.gate in gates else ("hajek" if "hajek" in gates else gates[0])
     # the rule of `cmm backtest --policy cmm` too: measured when the mixture stage made it
@@ -267,7 +272,7 @@ def _save_weights(policy, ds, out: Path) -> None:
     quoter = policy.quoter_
     gate_regimes = regimes if quoter.gate == "regime" else None
     pred, weights = quoter.predict_batch(ds.windows(SPLIT), gate_regimes)
-    write_json(out / "prediction.json", {
+    write_json(out / PREDICTION_FILE, {
         "split": SPLIT, "gate": quoter.gate, "windows": len(pred),
         "metrics": regression_metrics(pred, ds.targets(SPLIT), flat_threshold_bps(ds))})
     meta = quoter.meta

@@ -39,6 +39,7 @@ import numpy as np
 
 from cmm.backtest.artefacts import FILES as BACKTEST_OUTPUTS
 from cmm.config import RunConfig
+from cmm.data import META_FILE as PREPARED_META_FILE
 from cmm.distill import OUTPUTS as DISTILL_OUTPUTS
 from cmm.errors import InputError
 from cmm.io import atomic_path, default_cache_dir, write_json
@@ -47,10 +48,12 @@ from cmm.moe import OUTPUTS as MOE_OUTPUTS
 from cmm.pipeline.executors import Executor, run_in_process
 from cmm.pipeline.graph import Stage, StageGraph
 from cmm.pipeline.layout import RunLayout, teacher_seed, teacher_seeds
-from cmm.pipeline.policies import SPLIT, PolicySpec, build_policy, policy_specs, replay
+from cmm.pipeline.policies import SPLIT, TEACHER_PREDICTIONS_FILE, PolicySpec, build_policy
+from cmm.pipeline.policies import policy_specs, replay
 from cmm.pipeline.policies import run_seed
 from cmm.pipeline.runinfo import git_revision, machine
-from cmm.pipeline.stages import Display, StageResult, StageRunner, Timings, jsonable
+from cmm.pipeline.stages import TIMINGS_FILE, Display, StageResult, StageRunner, Timings
+from cmm.pipeline.stages import jsonable
 from cmm.probe import OUTPUTS as PROBE_OUTPUTS
 from cmm.probe import PROBE_FILE
 from cmm.teacher import FEATURES_OUTPUTS
@@ -152,7 +155,7 @@ class Pipeline:
                              "policies": [s.to_json() for s in self.specs],
                              "tables": self.tables, "skipped": self.skipped, "datasets": []}
             with Display(self.progress) as display:
-                self.runner = StageRunner(display, Timings(default_cache_dir() / "timings.json"),
+                self.runner = StageRunner(display, Timings(default_cache_dir() / TIMINGS_FILE),
                                           self.force)
                 display.plan({**{s.id: self.runner.estimate(s) for s in graph},
                               "report": self.runner.timings.estimate("report", "")})
@@ -180,7 +183,7 @@ class Pipeline:
         self.check()
         graph = self.graph()
         runner = StageRunner(Display(enabled=False),
-                             Timings(default_cache_dir() / "timings.json"))
+                             Timings(default_cache_dir() / TIMINGS_FILE))
         seconds: dict[str, float] = {}
         done = 0
         by_kind: dict[str, dict] = {}
@@ -453,7 +456,7 @@ class Pipeline:
                 pred = teacher_predict(folder, ds, ds.windows(SPLIT),
                                        teacher_cfg.infer_batch_size, teacher_cfg.device,
                                        on_progress)
-                np.save(folder / "test_predictions.npy", pred)
+                np.save(folder / TEACHER_PREDICTIONS_FILE, pred)
             return {"fit_seconds": report["fit_seconds"], "stopped_by": report["stopped_by"],
                     "latency_ms": report["latency_ms"]}
 
@@ -634,7 +637,7 @@ class DatasetRef:
         if key in _OPENED:
             return _OPENED[key]
         folder = result.info.get("prepared")
-        if folder and (Path(folder) / "meta.json").is_file():
+        if folder and (Path(folder) / PREPARED_META_FILE).is_file():
             ds = open_prepared(Path(folder))
             if ds.cache_key == key:
                 return ds

@@ -51,6 +51,7 @@ from cmm.io import RESUME_DIR, check_folder, folder_checksums, write_json
 from cmm.pipeline.graph import SCHEMA_VERSION, ProgressFn, Stage, strings_in
 
 MARKER = "stage.json"
+TIMINGS_FILE = "timings.json"  # in the cache folder: the last time of each stage kind
 
 log = logging.getLogger("cmm.run")
 

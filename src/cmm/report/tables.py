@@ -31,7 +31,9 @@ from cmm.io import reading
 from cmm.metrics import pnl_map, rpt, sharpe
 from cmm.moe import EVALUATION_FILE
 from cmm.pipeline.layout import TEACHER_NAMES, RunLayout, teacher_seed_list
+from cmm.pipeline.policies import PREDICTION_FILE
 from cmm.pipeline.stages import MARKER
+from cmm.rl import SIM_GAP_FILE
 from cmm.teacher import METRICS_FILE as TEACHER_METRICS_FILE
 from cmm.vocabulary import TASKS  # the report's sections import it from here
 
@@ -305,7 +307,7 @@ def prediction_table(run_dir: Path, manifest: dict, dataset: dict, gates: dict,
             if src == "teacher" and name in models and "test" in models[name]:
                 add(key, models[name]["test"])
         if "cmm" in policies:
-            got = layout.replay(slug, "cmm", seed) / "prediction.json"
+            got = layout.replay(slug, "cmm", seed) / PREDICTION_FILE
             if got.is_file():
                 data = _json(got)
                 add("cmm", data["metrics"])
@@ -555,7 +557,7 @@ def _rl_sim_gap(run_dir: Path, manifest: dict, d: dict, policies: dict) -> list[
         if p["source"] != "registry" or slug not in (manifest["config"].get("rl") or ()):
             continue
         for seed in manifest["seeds"]:
-            path = layout.rl(d["slug"], seed, p["name"]) / "sim_gap.json"
+            path = layout.rl(d["slug"], seed, p["name"]) / SIM_GAP_FILE
             if not path.is_file():
                 continue
             g = _json(path)

@@ -24,3 +24,8 @@ at 540 s of training (``max_train_seconds``), so one run stays under 10 minutes 
 machine even when it is shared with other jobs. On a quiet machine PPO learns at ~1,200 and DQN
 at ~500 environment steps per second (one torch thread).
 """
+
+# The files of a trained agent's folder and of its training run; writers and readers use these.
+AGENT_FILE = "agent.json"
+POLICY_FILE = "policy.safetensors"
+SIM_GAP_FILE = "sim_gap.json"

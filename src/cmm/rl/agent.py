@@ -33,6 +33,7 @@ from torch import nn
 
 from cmm.config import RLConfig
 from cmm.errors import InputError
+from cmm.rl import AGENT_FILE, POLICY_FILE
 from cmm.rl.actions import ActionMap
 from cmm.rl.env import MarketMakingEnv
 from cmm.rl.market import Market, market_from_dataset, window_summary
@@ -138,8 +139,8 @@ def save_agent(folder: str | Path, algo: str, policy, actions: ActionMap, config
     folder = Path(folder)
     state = {k: v.detach().cpu().contiguous() for k, v in policy.state_dict().items()}
     with atomic_dir(folder) as tmp:
-        save_file(state, str(tmp / "policy.safetensors"))
-        write_json(tmp / "agent.json", {
+        save_file(state, str(tmp / POLICY_FILE))
+        write_json(tmp / AGENT_FILE, {
             "schema_version": SCHEMA_VERSION, "algo": algo, "obs_dim": obs_dim,
             "actions": actions.to_dict(), "config": config.model_dump(mode="json"), **meta})
     return folder
@@ -150,7 +151,7 @@ def load_agent(folder: str | Path) -> Agent:
     from cmm.io import load_safetensors
 
     folder = Path(folder)
-    path = folder / "agent.json"
+    path = folder / AGENT_FILE
     if not path.is_file():
         raise InputError("no trained agent here; run `cmm rl train` first", file=path)
     meta = json.loads(path.read_text())
@@ -163,7 +164,7 @@ def load_agent(folder: str | Path) -> Agent:
     obs_space, act_space = _spaces(int(meta["obs_dim"]), actions, config.env.obs_clip)
     policy = _policy_class(meta["algo"])(obs_space, act_space, lambda _: 0.0,
                                          **policy_kwargs(config))
-    policy.load_state_dict(load_safetensors(folder / "policy.safetensors", "pt"))
+    policy.load_state_dict(load_safetensors(folder / POLICY_FILE, "pt"))
     policy.set_training_mode(False)
     return Agent(meta["algo"], policy, actions, config, meta)
 

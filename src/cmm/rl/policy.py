@@ -28,6 +28,7 @@ import numpy as np
 
 from cmm.config import RLPolicyConfig
 from cmm.errors import InputError
+from cmm.rl import AGENT_FILE
 from cmm.rl.agent import Agent, default_artefact, load_agent
 from cmm.rl.market import window_summary
 from cmm.strategy.policy import (
@@ -73,7 +74,7 @@ class RLPolicy(Policy):
         if key != ds.cache_key:
             raise InputError(f"agent trained on data {key}, not on this preparation of "
                              f"{ds.name} ({ds.cache_key}); run `cmm rl train` again",
-                             file=folder / "agent.json", field="data.cache_key",
+                             file=folder / AGENT_FILE, field="data.cache_key",
                              expected=ds.cache_key, got=key)
         self.agent_ = agent
         self.artefact_ = str(folder)

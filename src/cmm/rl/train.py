@@ -20,6 +20,7 @@ import torch
 
 from cmm.config import RLConfig
 from cmm.errors import CmmError, InputError
+from cmm.rl import SIM_GAP_FILE
 from cmm.rl.actions import ActionMap
 from cmm.rl.agent import (SCHEMA_VERSION, Agent, build_envs, default_artefact, evaluate_in_env,
                           greedy_actions, load_agent, measure_latency, policy_kwargs, save_agent)
@@ -31,7 +32,6 @@ if TYPE_CHECKING:
 
 __all__ = ["TrainResult", "train_agent", "measure_sim_gap", "SIM_GAP_FILE"]
 
-SIM_GAP_FILE = "sim_gap.json"
 
 # ---------------------------------------------------------------- simulator vs hftbacktest
 
