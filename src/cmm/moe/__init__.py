@@ -13,6 +13,14 @@ EVALUATION_FILE = "evaluation.json"
 EVALUATION_TABLE_FILE = "evaluation.md"
 OUTPUTS = (EVALUATION_FILE, EVALUATION_TABLE_FILE)
 
-from cmm.moe.quoter import Decision, Quoter  # noqa: E402
-
 __all__ = ["Decision", "Quoter"]
+
+
+def __getattr__(name: str):
+    # the Quoter on first use: the stage graph and the report import the file names above
+    # without paying numba's import cost
+    if name in __all__:
+        from cmm.moe import quoter
+
+        return getattr(quoter, name)
+    raise AttributeError(f"module 'cmm.moe' has no attribute {name!r}")

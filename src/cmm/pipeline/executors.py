@@ -117,9 +117,16 @@ def run_on_ray(graph: StageGraph, runner: StageRunner, *, address: str | None = 
     stage's progress and log lines reach the driver's display and ``run.log`` while it runs.
     A worker lost mid-stage (killed, out of memory, its node gone) leaves the stage unmarked;
     Ray runs it once more, and a second loss fails the stage."""
+    import builtins
     import os
 
     ray = import_ray()
+    # Ray's driver replaces builtins.print (tqdm_ray's safe_print) once it relays worker
+    # output, and keeps it after shutdown; numba then cannot compile a kernel that prints
+    # (hftbacktest's correct_local_timestamp), so a later in-process stage in this process
+    # failed. Ask Ray not to, and put print back whatever it did.
+    os.environ.setdefault("RAY_TQDM_PATCH_PRINT", "0")
+    builtin_print = builtins.print
     started_here = not ray.is_initialized()
     if started_here:
         env = {k: v for k, v in os.environ.items() if k.startswith(_FORWARDED_ENV)}
@@ -131,6 +138,7 @@ def run_on_ray(graph: StageGraph, runner: StageRunner, *, address: str | None = 
     finally:
         if started_here:
             ray.shutdown()
+        builtins.print = builtin_print
 
 
 class _RayRun:

@@ -275,7 +275,7 @@ class StageRunner:
         self.force = force
         self.results: dict[str, StageResult] = {}
         self._by_key: dict[str, tuple[str, StageResult]] = {}  # key or alias -> (id, result)
-        self._estimates: dict[str, float | None] = {}  # stage id -> as it was when first asked
+        self._marked: dict[str, float | None] = {}  # stage id -> its stage.json's seconds
 
     def upstream(self, stage: Stage) -> dict[str, str | None]:
         """The stamps of the stages ``stage`` reads, by their keys (``stage.json``'s
@@ -321,15 +321,15 @@ class StageRunner:
         return None
 
     def estimate(self, stage: Stage) -> float | None:
-        """Its last time in this folder, else the kind's last time here, else the prior; read
-        once per stage (the display's plan and an executor's order ask for it before the stage
-        runs, its progress line when it starts)."""
-        if stage.id not in self._estimates:
+        """Its last time in this folder, else the kind's last time here (updated as stages of
+        its kind finish), else the prior. The folder's ``stage.json`` is read once per stage:
+        the display's plan, an executor's order and its progress line all ask."""
+        if stage.id not in self._marked:
             marker = read_marker(stage.folder)
-            self._estimates[stage.id] = (
-                float(marker["seconds"]) if marker is not None and marker.get("seconds")
-                else self.timings.estimate(stage.kind, stage.scope))
-        return self._estimates[stage.id]
+            self._marked[stage.id] = (float(marker["seconds"]) if marker is not None
+                                      and marker.get("seconds") else None)
+        marked = self._marked[stage.id]
+        return marked if marked is not None else self.timings.estimate(stage.kind, stage.scope)
 
     def run_stage(self, stage: Stage) -> StageResult:
         """Run ``stage`` here unless it is found done; every stage it reads must be
