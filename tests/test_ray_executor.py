@@ -8,6 +8,7 @@ Ray is an optional extra (``pip install -e '.[ray]'``; ``make test`` installs it
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -66,15 +67,25 @@ def _runner() -> StageRunner:
     return StageRunner(Display(enabled=False), Timings(None))
 
 
-@pytest.fixture
-def local_ray():
+@contextlib.contextmanager
+def _local_ray():
+    """A local Ray with 2 CPUs started by the test (its workers inherit this environment)."""
     import builtins
 
     builtin_print = builtins.print
-    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False)
-    yield
-    ray.shutdown()
-    builtins.print = builtin_print  # Ray's driver patches it (see run_on_ray)
+    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False,
+             logging_level="WARNING")
+    try:
+        yield
+    finally:
+        ray.shutdown()
+        builtins.print = builtin_print  # Ray's driver patches it (see run_on_ray)
+
+
+@pytest.fixture
+def local_ray():
+    with _local_ray():
+        yield
 
 
 def test_a_run_on_ray_leaves_print_the_builtin(tmp_path):
@@ -156,12 +167,7 @@ def test_tiny_through_ray_after_a_killed_worker_equals_in_process(
     # set before Ray starts: a local Ray's workers inherit this process's environment (Ray's
     # second try holds too); 15 s leaves the log lines time to reach run.log on busy cores
     monkeypatch.setenv("CMM_STAGE_HOLD", "*/seed0/probe:15")
-    import builtins
-
-    builtin_print = builtins.print
-    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False,
-             logging_level="WARNING")
-    try:
+    with _local_ray():
         config = load_run_config(tiny_config)
 
         def pipeline() -> Pipeline:
@@ -193,9 +199,6 @@ def test_tiny_through_ray_after_a_killed_worker_equals_in_process(
         assert all(r.cached for r in again.runner.results.values())
         assert {k: r.key for k, r in again.runner.results.items()} == \
             {k: r.key for k, r in first.runner.results.items()}
-    finally:
-        ray.shutdown()
-        builtins.print = builtin_print
 
 
 def _gone(pid: int, within_s: float) -> bool:

@@ -370,6 +370,13 @@ def reading(path: str | Path) -> Iterator[None]:
                                    "that wrote it, and run again", file=path) from exc
 
 
+def read_json(path: str | Path) -> Any:
+    """A JSON artefact, with a one-line :class:`CorruptArtefactError` on a truncated file."""
+    path = Path(path)
+    with reading(path):
+        return json.loads(path.read_text())
+
+
 def read_parquet(path: str | Path, **kwargs):
     """``polars.read_parquet`` with a one-line :class:`CorruptArtefactError` on a bad file."""
     import polars as pl

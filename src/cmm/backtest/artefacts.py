@@ -99,13 +99,9 @@ def write_metrics(folder: str | Path, payload: dict) -> None:
 
 def read_metrics(folder: str | Path) -> dict:
     """``metrics.json`` of the backtest in ``folder`` (a damaged file: an error naming it)."""
-    import json
+    from cmm.io import read_json
 
-    from cmm.io import reading
-
-    path = Path(folder) / METRICS_FILE
-    with reading(path):
-        return json.loads(path.read_text())
+    return read_json(Path(folder) / METRICS_FILE)
 
 
 def read_episodes(folder: str | Path) -> pl.DataFrame:

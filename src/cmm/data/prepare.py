@@ -404,7 +404,7 @@ def write_tables(out: Path, steps: pl.DataFrame, features: pl.DataFrame, samples
     features.write_parquet(out / FEATURES_FILE)
     samples.write_parquet(out / SAMPLES_FILE)
     write_json(out / META_FILE, {**meta,
-                                   "checksums": folder_checksums(out, exclude=(META_FILE,))})
+                                 "checksums": folder_checksums(out, exclude=(META_FILE,))})
 
 
 class PreparedDataset:

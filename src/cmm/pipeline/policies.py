@@ -39,7 +39,7 @@ from typing import Any, Literal
 import numpy as np
 
 from cmm.config import RunConfig
-from cmm.io import atomic_path, reading, write_json
+from cmm.io import atomic_path, read_json, write_json
 from cmm.strategy.policy import policy_label, policy_seeded
 
 log = logging.getLogger("cmm.run")  # the run's logger: its warnings go to logs/run.log
@@ -74,8 +74,8 @@ class PolicySpec:
     (``teacher`` or ``teacher-random``) or mixture variant; ``gate``: the mixture's gate (None:
     Hájek when the mixture has it, else its only gate); ``chain``: ``main`` or ``control`` (the
     random-init teacher's distillation); ``seeded``: backtested once per seed (False: once per
-    dataset, see :func:`cmm.strategy.policy.policy_seeded`); ``latency``: charged its own latency, none
-    (``zero``) or the teacher's (``teacher``)."""
+    dataset, see :func:`cmm.strategy.policy.policy_seeded`); ``latency``: charged its own
+    latency, none (``zero``) or the teacher's (``teacher``)."""
 
     slug: str
     label: str
@@ -184,8 +184,6 @@ def run_seed(c: RunConfig) -> int:
 def build_policy(spec: PolicySpec, ds, target, c: RunConfig, chain: dict, settings: dict,
                  latency_ns: int | None) -> tuple[Any, dict]:
     """The fitted policy for ``spec`` and anything extra to save beside its backtest."""
-    import json
-
     from cmm.strategy.policy import PrecomputedPolicy, Predictions, get_policy
 
     if spec.source == "registry":
@@ -215,13 +213,11 @@ def build_policy(spec: PolicySpec, ds, target, c: RunConfig, chain: dict, settin
                                    name=spec.slug)
         return policy, {}
     # a mixture through the `cmm` policy
+    from cmm.moe.artefact import META_FILE as MIXTURE_META_FILE
     from cmm.moe.policy import CmmPolicy, mixture_latency_ns  # registers "cmm"
 
     folder = Path(chain["moe_dir"]) / spec.name
-    from cmm.moe.artefact import META_FILE as MIXTURE_META_FILE
-
-    with reading(folder / MIXTURE_META_FILE):
-        meta = json.loads((folder / MIXTURE_META_FILE).read_text())
+    meta = read_json(folder / MIXTURE_META_FILE)
     gates = list(meta.get("gates", {})) or chain.get("gates", {}).get(spec.name, ["mean"])
     gate = spec.gate if spec.gate in gates else ("hajek" if "hajek" in gates else gates[0])
     # the rule of `cmm backtest --policy cmm` too: measured when the mixture stage made it

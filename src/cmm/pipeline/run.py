@@ -52,8 +52,7 @@ from cmm.pipeline.policies import SPLIT, TEACHER_PREDICTIONS_FILE, PolicySpec, b
 from cmm.pipeline.policies import policy_specs, replay
 from cmm.pipeline.policies import run_seed
 from cmm.pipeline.runinfo import git_revision, machine
-from cmm.pipeline.stages import TIMINGS_FILE, Display, StageResult, StageRunner, Timings
-from cmm.pipeline.stages import jsonable
+from cmm.pipeline.stages import Display, StageResult, StageRunner, Timings, jsonable
 from cmm.probe import OUTPUTS as PROBE_OUTPUTS
 from cmm.probe import PROBE_FILE
 from cmm.teacher import FEATURES_OUTPUTS
@@ -155,8 +154,7 @@ class Pipeline:
                              "policies": [s.to_json() for s in self.specs],
                              "tables": self.tables, "skipped": self.skipped, "datasets": []}
             with Display(self.progress) as display:
-                self.runner = StageRunner(display, Timings(default_cache_dir() / TIMINGS_FILE),
-                                          self.force)
+                self.runner = StageRunner(display, Timings.in_cache(), self.force)
                 display.plan({**{s.id: self.runner.estimate(s) for s in graph},
                               "report": self.runner.timings.estimate("report", "")})
                 self.executor(graph, self.runner)
@@ -183,7 +181,7 @@ class Pipeline:
         self.check()
         graph = self.graph()
         runner = StageRunner(Display(enabled=False),
-                             Timings(default_cache_dir() / TIMINGS_FILE))
+                             Timings.in_cache())
         seconds: dict[str, float] = {}
         done = 0
         by_kind: dict[str, dict] = {}

@@ -98,6 +98,13 @@ class Timings:
             with contextlib.suppress(OSError, json.JSONDecodeError):
                 self.data = json.loads(path.read_text())
 
+    @classmethod
+    def in_cache(cls) -> Timings:
+        """This machine's timings, ``timings.json`` in the cache folder."""
+        from cmm.io import default_cache_dir
+
+        return cls(default_cache_dir() / TIMINGS_FILE)
+
     def estimate(self, kind: str, scope: str, prior: float | None = None) -> float | None:
         for k in (f"{kind}|{scope}", kind):
             if k in self.data:

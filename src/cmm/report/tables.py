@@ -18,7 +18,6 @@ better / worse only where the interval excludes 0 and the Wilcoxon test rejects 
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +26,7 @@ import numpy as np
 import polars as pl
 
 from cmm.backtest.artefacts import RECORDS_FILE, read_episodes, read_metrics, read_records
-from cmm.io import reading
+from cmm.io import read_json
 from cmm.metrics import pnl_map, rpt, sharpe
 from cmm.moe import EVALUATION_FILE
 from cmm.pipeline.layout import TEACHER_NAMES, RunLayout, teacher_seed_list
@@ -119,11 +118,6 @@ class PolicyResult:
         out["latency_ms"] = _stat(self.latency_ms)
         out["episodes"] = Stat(float(len(pooled)), None, len(pooled))
         return out
-
-
-def _json(path: Path) -> dict:
-    with reading(path):  # a truncated file: one line naming it
-        return json.loads(path.read_text())
 
 
 def _read_backtest(folder: Path) -> tuple[pl.DataFrame, dict] | None:
@@ -228,7 +222,7 @@ def prediction_metrics(run_dir: Path, manifest: dict, dataset: dict) -> dict[str
                             / EVALUATION_FILE)):
             if not ev.is_file():
                 continue
-            for r in _json(ev)["rows"]:
+            for r in read_json(ev)["rows"]:
                 if r["split"] != "test" or r["model"] == "teacher":  # the teacher's own below
                     continue
                 if prefix and r["variant"] == "reference":
@@ -245,7 +239,7 @@ def prediction_metrics(run_dir: Path, manifest: dict, dataset: dict) -> dict[str
         for folder in layout.teachers(slug, t_name):
             path = folder / TEACHER_METRICS_FILE
             if path.is_file():
-                test = _json(path)["models"]["teacher"]["test"]
+                test = read_json(path)["models"]["teacher"]["test"]
                 for t in TASKS:
                     rows.setdefault(name, {}).setdefault(f"r2_{t}", []).append(
                         test[t].get("r2"))
@@ -295,10 +289,10 @@ def prediction_table(run_dir: Path, manifest: dict, dataset: dict, gates: dict,
     for seed in manifest["seeds"]:
         t_dir = layout.teacher(slug, seed)
         teacher = t_dir / TEACHER_METRICS_FILE
-        models = _json(teacher)["models"] if first_time(t_dir) and teacher.is_file() else {}
+        models = read_json(teacher)["models"] if first_time(t_dir) and teacher.is_file() else {}
         for folder in (layout.teacher(slug, seed, name) for name in TEACHER_NAMES[1:]):
             if (folder / TEACHER_METRICS_FILE).is_file():
-                rnd = _json(folder / TEACHER_METRICS_FILE)["models"]
+                rnd = read_json(folder / TEACHER_METRICS_FILE)["models"]
                 if first_time(folder) and "teacher" in rnd and "test" in rnd["teacher"]:
                     add("teacher-random", rnd["teacher"]["test"])
                 break
@@ -309,7 +303,7 @@ def prediction_table(run_dir: Path, manifest: dict, dataset: dict, gates: dict,
         if "cmm" in policies:
             got = layout.replay(slug, "cmm", seed) / PREDICTION_FILE
             if got.is_file():
-                data = _json(got)
+                data = read_json(got)
                 add("cmm", data["metrics"])
                 windows.setdefault("cmm", []).append(data.get("windows"))
             elif r := pred.get(mixture_row("cmm", policies["cmm"], gates)):
@@ -422,7 +416,7 @@ def _mixture_gates(run_dir: Path, manifest: dict, d: dict) -> dict[str, list[str
     for seed in manifest["seeds"]:
         ev = layout.moe(d["slug"], seed) / EVALUATION_FILE
         if ev.is_file():
-            return {k: v["gates"] for k, v in _json(ev)["mixtures"].items()}
+            return {k: v["gates"] for k, v in read_json(ev)["mixtures"].items()}
     return {}
 
 
@@ -560,7 +554,7 @@ def _rl_sim_gap(run_dir: Path, manifest: dict, d: dict, policies: dict) -> list[
             path = layout.rl(d["slug"], seed, p["name"]) / SIM_GAP_FILE
             if not path.is_file():
                 continue
-            g = _json(path)
+            g = read_json(path)
             out.append({"slug": slug, "label": p["label"], "seed": seed,
                         "split": g.get("split"), "episodes": g.get("episodes"),
                         "sim_pnl_mean": _clean(g.get("sim_pnl_mean")),
